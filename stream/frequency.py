@@ -1,0 +1,55 @@
+"""Streaming item-frequency estimate, for the log-Q correction of sampled softmax.
+
+Examples
+--------
+>>> freq = ItemFrequency()
+>>> freq.observe(["a", "a", "b"])
+>>> round(freq.probability(["a", "b", "c"]).tolist()[0], 3)
+0.5
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+class ItemFrequency:
+    """Additively smoothed counts: ``p(j) = (c_j + 1) / (C + V + 1)``.
+
+    ``V`` is the number of distinct items seen, so an unseen item gets a small
+    but non-zero probability. Counts decay by ``decay`` per observed batch so the
+    estimate follows drifting popularity.
+    """
+
+    def __init__(self, decay: float = 1.0) -> None:
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"decay must be in (0, 1], got {decay}")
+        self.decay = decay
+        self._counts: dict[str, float] = {}
+        self._total = 0.0
+        self._scale = 1.0  # counts are stored divided by the running decay factor
+
+    def observe(self, items: Iterable[str]) -> None:
+        self._scale /= self.decay
+        if self._scale > 1e12:
+            self._rescale()
+        for item in items:
+            self._counts[item] = self._counts.get(item, 0.0) + self._scale
+            self._total += self._scale
+
+    def probability(self, items: Sequence[str]) -> np.ndarray:
+        counts = np.fromiter(
+            (self._counts.get(i, 0.0) / self._scale for i in items),
+            dtype=np.float64,
+            count=len(items),
+        )
+        denom = self._total / self._scale + len(self._counts) + 1.0
+        return (counts + 1.0) / denom
+
+    def _rescale(self) -> None:
+        factor = 1.0 / self._scale
+        self._counts = {k: v * factor for k, v in self._counts.items()}
+        self._total *= factor
+        self._scale = 1.0
