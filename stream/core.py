@@ -40,6 +40,11 @@ class RawRecord:
     partition: int = 0
     offset: int = -1
 
+    def reject(self, err: InvalidEvent) -> DeadLetter:
+        """The dead letter for this record: reason, original bytes and where it came from."""
+        payload = dead_letter(self.value, err, partition=self.partition, offset=self.offset)
+        return DeadLetter(err.reason, payload)
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -74,10 +79,7 @@ class WorkerCore:
             try:
                 event = parse_event(rec.value, self.trainer.config.type_weights)
             except InvalidEvent as err:
-                context = {"partition": rec.partition, "offset": rec.offset}
-                out.dead_letters.append(
-                    DeadLetter(err.reason, dead_letter(rec.value, err, **context))
-                )
+                out.dead_letters.append(rec.reject(err))
                 continue
             if self.dedup.check_and_add(event.event_id):
                 out.duplicates += 1

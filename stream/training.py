@@ -151,7 +151,7 @@ class OnlineTrainer:
         return StepStats(
             positives=n_pos,
             skips=len(batch) - n_pos,
-            loss=float(loss) / float(w.abs().sum()),
+            loss=float(loss.detach()) / float(w.abs().sum()),
             users=tuple(user_ids),
             items=tuple(candidates),
             direct_items=frozenset(direct),

@@ -1,1 +1,5 @@
-"""streambed: services/datagen."""
+"""Seeded synthetic interaction streams (see :mod:`services.datagen.generator`)."""
+
+from services.datagen.generator import GeneratorConfig, InteractionGenerator, ItemInfo
+
+__all__ = ["GeneratorConfig", "InteractionGenerator", "ItemInfo"]

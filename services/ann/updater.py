@@ -1,0 +1,104 @@
+"""The single writer of a replica's index: tails the vector topics into :class:`ServingState`.
+
+It reads ``item-vectors`` and ``user-vectors`` from the beginning (they are
+compacted, so the beginning is the latest vector of every id) and then follows
+them. A record that does not decode is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from kafka import KafkaConsumer, TopicPartition
+
+from services.api.metrics import ServingMetrics
+from services.api.state import ServingState
+from stream.topics import Topics
+from stream.vectors import VectorRecord
+
+log = logging.getLogger("streambed.tailer")
+
+
+class VectorTailer(threading.Thread):
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        state: ServingState,
+        metrics: ServingMetrics,
+        *,
+        poll_ms: int = 20,
+    ) -> None:
+        super().__init__(name="vector-tailer", daemon=True)
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.state = state
+        self.metrics = metrics
+        self.poll_ms = poll_ms
+        self.caught_up = threading.Event()
+        self._stop_event = threading.Event()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop_event.set()
+        self.join(timeout)
+
+    def run(self) -> None:
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="streambed-api-tailer",
+            fetch_max_wait_ms=self.poll_ms,
+        )
+        try:
+            partitions = self._wait_for_partitions(consumer)
+            if not partitions:
+                return
+            consumer.assign(partitions)
+            consumer.seek_to_beginning(*partitions)
+            end = consumer.end_offsets(partitions)
+            while not self._stop_event.is_set():
+                batch = consumer.poll(timeout_ms=self.poll_ms, max_records=5000)
+                for tp, records in batch.items():
+                    self._apply(tp.topic, records)
+                if not self.caught_up.is_set() and all(
+                    consumer.position(tp) >= end[tp] for tp in partitions
+                ):
+                    self.caught_up.set()
+                    log.info("caught up: %d items", len(self.state.index))
+        finally:
+            consumer.close()
+
+    def _wait_for_partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
+        names = (self.topics.item_vectors, self.topics.user_vectors)
+        while not self._stop_event.is_set():
+            found = {t: consumer.partitions_for_topic(t) for t in names}
+            if all(found.values()):
+                return [TopicPartition(t, p) for t in names for p in sorted(found[t] or ())]
+            log.info("waiting for topics %s", [t for t, p in found.items() if not p])
+            self._stop_event.wait(1.0)
+        return []
+
+    def _apply(self, topic: str, records: list) -> None:  # type: ignore[type-arg]
+        decoded: list[VectorRecord] = []
+        for rec in records:
+            if rec.value is None:
+                continue  # tombstones (evictions) are handled once the PS publishes them
+            try:
+                decoded.append(VectorRecord.decode(rec.value))
+            except (ValueError, KeyError, TypeError):
+                self.metrics.bad_vectors.inc()
+        if not decoded:
+            return
+        now_ms = int(time.time() * 1000)
+        if topic == self.topics.item_vectors:
+            kind, ages = "item", self.state.apply_items(decoded, now_ms)
+            self.metrics.index_items.set(len(self.state.index))
+        else:
+            kind, ages = "user", self.state.apply_users(decoded, now_ms)
+            self.metrics.users.set(self.state.users)
+        self.metrics.vectors_applied.labels(kind=kind).inc(len(decoded))
+        for age in ages:
+            self.metrics.freshness_seconds.labels(kind=kind).observe(age)

@@ -1,0 +1,230 @@
+"""The ``streambed`` command: broker, topics, worker, API, producer, generator and demo.
+
+The environment is read here and only here (``STREAMBED_BOOTSTRAP`` sets the
+default bootstrap servers); everything below receives frozen config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+STATE_DIR = Path(".streambed")
+
+
+def _topics(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from stream.topics import Topics
+
+    return Topics.with_prefix(args.topic_prefix, partitions=args.partitions)
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from services.kafka.broker import BrokerConfig, LocalBroker, install
+
+    if args.action == "install":
+        print(f"Kafka jars in {install(Path(args.lib_dir), quiet=False)}")
+        return 0
+    cfg = BrokerConfig(
+        Path(args.data_dir), port=args.port, controller_port=args.controller_port,
+        lib_dir=Path(args.lib_dir),
+    )  # fmt: skip
+    broker = LocalBroker(cfg)
+    if args.action == "up":
+        broker.start()
+        print(
+            f"Kafka (KRaft) up at {cfg.bootstrap}, data in {broker.data_dir} (pid {broker.pid()})"
+        )
+    elif args.action == "down":
+        print("stopped" if broker.stop() else "not running")
+    else:
+        running = broker.running()
+        print(f"{'running' if running else 'not running'} at {cfg.bootstrap} ({broker.data_dir})")
+        return 0 if running else 3
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from services.kafka.topics import ensure_topics
+
+    created = ensure_topics(args.bootstrap, _topics(args))
+    print(f"created: {', '.join(created) or 'none (all exist)'}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+    import torch
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from stream.app import WorkerConfig, build_app
+    from stream.core import WorkerCore
+    from stream.metrics import WorkerMetrics
+    from stream.training import OnlineTrainer, TrainConfig
+
+    torch.set_num_threads(args.torch_threads)
+    config = WorkerConfig(
+        bootstrap=args.bootstrap, app_id=args.app_id, topics=_topics(args),
+        batch_size=args.batch_size, batch_ms=args.batch_ms,
+        train=TrainConfig(dim=args.dim, lr=args.lr, negatives=args.negatives),
+    )  # fmt: skip
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics.create(registry)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.host, registry=registry)
+    core = WorkerCore(OnlineTrainer.create(config.train))
+    app = build_app(config, core, metrics)
+    faust.Worker(app, loglevel=args.log_level, quiet=True).execute_from_commandline()
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+    from prometheus_client import CollectorRegistry
+
+    from services.ann.updater import VectorTailer
+    from services.api.app import create_app
+    from services.api.metrics import ServingMetrics
+    from services.api.state import ServingState
+
+    registry = CollectorRegistry()
+    metrics = ServingMetrics.create(registry)
+    state = ServingState(args.dim, space=args.space)
+    tailer = VectorTailer(args.bootstrap, _topics(args), state, metrics)
+    tailer.start()
+    app = create_app(state, registry, metrics, caught_up=tailer.caught_up.is_set)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    finally:
+        tailer.stop()
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from services.producer import EventProducer
+
+    source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    with source, EventProducer(args.bootstrap, _topics(args)) as producer:
+        report = producer.send_lines(tqdm(source, desc="events", unit="ev", disable=args.quiet))
+    dead = sum(report.dead_lettered.values())
+    print(f"sent {report.sent} events; {dead} dead-lettered {dict(report.dead_lettered)}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from services.datagen import GeneratorConfig, InteractionGenerator, ItemInfo
+
+    gen = InteractionGenerator(
+        GeneratorConfig(users=args.users, items=args.items, clusters=args.clusters, seed=args.seed)
+    )
+    out = sys.stdout if args.out == "-" else open(args.out, "w")  # noqa: SIM115
+    with out:
+        for rec in gen.replay(args.events):
+            if not isinstance(rec, ItemInfo):
+                out.write(rec.to_json().decode() + "\n")
+    if args.catalogue:
+        with open(args.catalogue, "w") as cat:
+            for info in gen.catalogue():
+                cat.write(json.dumps(info.__dict__) + "\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from services.demo import DemoConfig, run_demo
+
+    return run_demo(
+        DemoConfig(
+            events=args.events, bootstrap=args.bootstrap, state_dir=Path(args.state_dir),
+            seed=args.seed, rounds=args.rounds, keep_running=args.keep_running,
+        )
+    )  # fmt: skip
+
+
+def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentParser:
+    bootstrap = env.get("STREAMBED_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+    parser = argparse.ArgumentParser(prog="streambed", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def kafka_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--bootstrap", default=bootstrap, help=f"Kafka servers (default {bootstrap})"
+        )
+        p.add_argument("--topic-prefix", default="", help="namespace for all topic names")
+        p.add_argument("--partitions", type=int, default=4)
+
+    k = sub.add_parser("kafka", help="local Apache Kafka broker (KRaft)")
+    k.add_argument("action", choices=["install", "up", "down", "status"])
+    k.add_argument("--data-dir", default=str(STATE_DIR / "kafka"))
+    k.add_argument("--lib-dir", default=str(Path(__file__).resolve().parents[1] / ".kafka/lib"))
+    k.add_argument("--port", type=int, default=9092)
+    k.add_argument("--controller-port", type=int, default=9093)
+    k.set_defaults(func=cmd_kafka)
+
+    t = sub.add_parser("topics", help="create the pipeline's topics")
+    kafka_args(t)
+    t.set_defaults(func=cmd_topics)
+
+    w = sub.add_parser("worker", help="run the faust stream worker")
+    kafka_args(w)
+    w.add_argument("--app-id", default="streambed-worker")
+    w.add_argument("--batch-size", type=int, default=256)
+    w.add_argument("--batch-ms", type=int, default=50)
+    w.add_argument("--dim", type=int, default=32)
+    w.add_argument("--lr", type=float, default=0.05)
+    w.add_argument("--negatives", type=int, default=32)
+    w.add_argument("--torch-threads", type=int, default=1)
+    w.add_argument("--host", default="127.0.0.1", help="address of the /metrics endpoint")
+    w.add_argument("--metrics-port", type=int, default=0, help="serve /metrics (0: off)")
+    w.set_defaults(func=cmd_worker)
+
+    a = sub.add_parser("api", help="run a retrieval API replica")
+    kafka_args(a)
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8000)
+    a.add_argument("--dim", type=int, default=32)
+    a.add_argument("--space", default="ip", choices=["ip", "cosine", "l2"])
+    a.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("produce", help="send JSON-lines events from a file or stdin")
+    kafka_args(p)
+    p.add_argument("file", help="path, or - for stdin")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_produce)
+
+    g = sub.add_parser("generate", help="write a synthetic event stream as JSON lines")
+    g.add_argument("--events", type=int, default=10_000)
+    g.add_argument("--users", type=int, default=500)
+    g.add_argument("--items", type=int, default=2000)
+    g.add_argument("--clusters", type=int, default=8)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default="-")
+    g.add_argument("--catalogue", help="also write the item catalogue (JSON lines) here")
+    g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("demo", help="the whole pipeline locally on generated data")
+    d.add_argument("--bootstrap", default=None, help="use this cluster instead of a local broker")
+    d.add_argument("--events", type=int, default=20_000)
+    d.add_argument("--rounds", type=int, default=8)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--state-dir", default=str(STATE_DIR / "demo"))
+    d.add_argument("--keep-running", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser(os.environ).parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

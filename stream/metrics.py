@@ -1,0 +1,54 @@
+"""Prometheus metrics of the stream worker, created on an injected registry.
+
+Examples
+--------
+>>> from prometheus_client import CollectorRegistry
+>>> reg = CollectorRegistry()
+>>> m = WorkerMetrics.create(reg)
+>>> m.events.labels(type="click").inc(3)
+>>> reg.get_sample_value("streambed_worker_events_total", {"type": "click"})
+3.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class WorkerMetrics:
+    events: Counter
+    dead_letters: Counter
+    duplicates: Counter
+    batch_seconds: Histogram
+    batch_events: Histogram
+    event_age_seconds: Histogram
+    loss: Gauge
+    vectors_published: Counter
+    rows: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, prefix: str = "streambed_worker") -> WorkerMetrics:
+        r, p = registry, prefix
+        return cls(
+            events=Counter(f"{p}_events", "Valid events consumed", ["type"], registry=r),
+            dead_letters=Counter(f"{p}_dead_letters", "Records sent to the DLQ", ["reason"],
+                                 registry=r),
+            duplicates=Counter(f"{p}_duplicate_events", "Events dropped as duplicate event_id",
+                               registry=r),
+            batch_seconds=Histogram(f"{p}_batch_seconds", "Micro-batch processing time",
+                                    buckets=LATENCY_BUCKETS, registry=r),
+            batch_events=Histogram(f"{p}_batch_events", "Records per micro-batch",
+                                   buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 4096), registry=r),
+            event_age_seconds=Histogram(
+                f"{p}_event_age_seconds", "Produce time to processed, oldest event of a batch",
+                buckets=LATENCY_BUCKETS, registry=r),
+            loss=Gauge(f"{p}_training_loss", "Loss of the last micro-batch", registry=r),
+            vectors_published=Counter(f"{p}_vectors_published", "Vectors written", ["kind"],
+                                      registry=r),
+            rows=Gauge(f"{p}_ps_rows", "Rows in the parameter server", ["table"], registry=r),
+        )  # fmt: skip

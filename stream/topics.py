@@ -1,0 +1,22 @@
+"""Names of the pipeline's topics (plain data; creating them is an edge concern)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    interactions: str = "interactions"
+    dlq: str = "interactions.dlq"
+    items: str = "items"
+    item_vectors: str = "item-vectors"
+    user_vectors: str = "user-vectors"
+    partitions: int = 4
+
+    @classmethod
+    def with_prefix(cls, prefix: str, partitions: int = 4) -> Topics:
+        """Namespaced topics, e.g. for tests sharing one broker."""
+        return cls(*(f"{prefix}{name}" for name in (
+            cls.interactions, cls.dlq, cls.items, cls.item_vectors, cls.user_vectors
+        )), partitions=partitions)  # fmt: skip
