@@ -52,9 +52,6 @@ def build_app(config: WorkerConfig, core: WorkerCore, metrics: WorkerMetrics) ->
     app = faust.App(config.app_id, **config.faust_settings())
     topics = config.topics
     interactions = app.topic(topics.interactions, key_type=bytes, value_type=bytes)
-    dlq = app.topic(topics.dlq, key_type=bytes, value_type=bytes)
-    item_vectors = app.topic(topics.item_vectors, key_type=bytes, value_type=bytes)
-    user_vectors = app.topic(topics.user_vectors, key_type=bytes, value_type=bytes)
 
     @app.agent(interactions)
     async def train(stream: faust.StreamT) -> None:  # pragma: no cover - exercised via Kafka
@@ -70,12 +67,14 @@ def build_app(config: WorkerConfig, core: WorkerCore, metrics: WorkerMetrics) ->
             ]
             started = time.perf_counter()
             out = process_safely(core, records)
+            # straight to the producer: Topic.send's channel machinery costs ~0.4 ms a record
+            send = app.producer.send
             for letter in out.dead_letters:
-                await dlq.send(value=letter.payload)
+                await send(topics.dlq, None, letter.payload, None, None, None)
             for rec in out.items:
-                await item_vectors.send(key=rec.key.encode(), value=rec.encode())
+                await send(topics.item_vectors, rec.key.encode(), rec.encode(), None, None, None)
             for rec in out.users:
-                await user_vectors.send(key=rec.key.encode(), value=rec.encode())
+                await send(topics.user_vectors, rec.key.encode(), rec.encode(), None, None, None)
             record_metrics(metrics, core, out, len(records), time.perf_counter() - started)
 
     return app

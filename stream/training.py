@@ -45,7 +45,7 @@ class TrainConfig:
     temperature: float = 0.1
     negatives: int = 32
     logq: bool = True
-    lr: float = 0.05
+    lr: float = 0.2
     init_scale: float = 0.1
     seed: int = 0
     type_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))

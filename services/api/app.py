@@ -77,11 +77,13 @@ def create_app(
         return Health(status="ok", caught_up=caught_up(), items=len(state.index), users=state.users)
 
     @app.get("/stats", response_model=Stats)
-    def stats() -> Stats:
+    def stats(
+        since: float = Query(0.0, ge=0, description="only freshness samples after this unix time"),
+    ) -> Stats:
         return Stats(
             items=len(state.index),
             users=state.users,
-            freshness_seconds=Freshness(**state.freshness_percentiles()),
+            freshness_seconds=Freshness(**state.freshness_percentiles(since)),
         )
 
     @app.get("/metrics", include_in_schema=False)

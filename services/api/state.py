@@ -34,12 +34,13 @@ from stream.vectors import VectorRecord
 
 
 class ServingState:
-    def __init__(self, dim: int, *, space: str = "ip", freshness_window: int = 10_000) -> None:
+    def __init__(self, dim: int, *, space: str = "ip", freshness_window: int = 100_000) -> None:
         self.index = AnnIndex(dim, space=space)
         self._users: dict[str, np.ndarray] = {}
         self._item_updates: dict[str, int] = {}
         self._lock = threading.Lock()
-        self.freshness: deque[float] = deque(maxlen=freshness_window)
+        # (observed at, seconds): recent freshness samples, for exact percentiles
+        self.freshness: deque[tuple[float, float]] = deque(maxlen=freshness_window)
 
     @property
     def users(self) -> int:
@@ -64,7 +65,7 @@ class ServingState:
 
     def _fresh(self, records: Sequence[VectorRecord], now_ms: int) -> list[float]:
         ages = [max(0, now_ms - r.event_ms) / 1000 for r in records if r.event_ms > 0]
-        self.freshness.extend(ages)
+        self.freshness.extend((now_ms / 1000, age) for age in ages)
         return ages
 
     def user_vector(self, user_id: str) -> np.ndarray | None:
@@ -88,8 +89,9 @@ class ServingState:
             return None
         return self.index.search(vector, k, exclude={item_id})
 
-    def freshness_percentiles(self) -> dict[str, float | None]:
-        samples = np.fromiter(self.freshness, dtype=np.float64)
+    def freshness_percentiles(self, since: float = 0.0) -> dict[str, float | None]:
+        """p50/p95/p99 of the recent samples observed at or after ``since`` (unix seconds)."""
+        samples = np.array([age for at, age in list(self.freshness) if at >= since])
         if samples.size == 0:
             return {"p50": None, "p95": None, "p99": None, "samples": 0}
         p50, p95, p99 = np.percentile(samples, [50, 95, 99])

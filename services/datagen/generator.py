@@ -130,16 +130,19 @@ class InteractionGenerator:
         cfg = self.config
         rng = np.random.default_rng(self._rng_seed)
         primary = self.user_primary.copy()
-        available = ~self.is_new
+        pickers = _Pickers(self.item_cluster, self.item_pop, ~self.is_new, cfg.clusters)
         pending = list(rng.permutation(np.flatnonzero(self.is_new)))
         # spread arrivals evenly over the stream
         arrive_every = max(1, n_events // (len(pending) + 1)) if pending else 0
+        user_cdf = np.cumsum(self.user_activity)
+        kinds_on, cdf_on = _cdf(TYPE_PROBS_ON_THEME)
+        kinds_off, cdf_off = _cdf(TYPE_PROBS_OFF_THEME)
         ts = cfg.start_ts
         produced = 0
         session = 0
         while produced < n_events:
             ts += float(rng.exponential(1.0 / cfg.sessions_per_second))
-            user = int(rng.choice(cfg.users, p=self.user_activity))
+            user = min(int(np.searchsorted(user_cdf, rng.random() * user_cdf[-1])), cfg.users - 1)
             if rng.random() < cfg.drift:
                 primary[user] = int(rng.integers(cfg.clusters))
             theme = int(primary[user] if rng.random() < 0.8 else self.user_secondary[user])
@@ -148,15 +151,14 @@ class InteractionGenerator:
             for _ in range(min(length, n_events - produced)):
                 if pending and arrive_every and produced % arrive_every == 0:
                     new = int(pending.pop())
-                    available[new] = True
+                    pickers.add(new)
                     yield self.info(new, ts)
                 on_theme = rng.random() >= cfg.explore
-                item = self._pick(rng, available, theme if on_theme else None)
-                fits = self.item_cluster[item] == primary[user] or (
-                    self.item_cluster[item] == self.user_secondary[user]
-                )
-                probs = TYPE_PROBS_ON_THEME if fits else TYPE_PROBS_OFF_THEME
-                kind = str(rng.choice(list(probs), p=list(probs.values())))
+                item = pickers.pick(rng, theme if on_theme else None)
+                cluster = self.item_cluster[item]
+                fits = cluster == primary[user] or cluster == self.user_secondary[user]
+                kinds, cdf = (kinds_on, cdf_on) if fits else (kinds_off, cdf_off)
+                kind = kinds[min(int(np.searchsorted(cdf, rng.random())), len(kinds) - 1)]
                 ts += float(rng.exponential(5.0))
                 yield Interaction(
                     event_id=f"g{cfg.seed}-{produced}",
@@ -168,10 +170,34 @@ class InteractionGenerator:
                 )
                 produced += 1
 
-    def _pick(self, rng: np.random.Generator, available: np.ndarray, theme: int | None) -> int:
-        mask = available if theme is None else available & (self.item_cluster == theme)
+
+def _cdf(probs: dict[str, float]) -> tuple[list[str], np.ndarray]:
+    cdf = np.cumsum(list(probs.values()))
+    return list(probs), cdf / cdf[-1]
+
+
+class _Pickers:
+    """Popularity-weighted sampling of available items, per cluster and overall."""
+
+    def __init__(self, cluster: np.ndarray, pop: np.ndarray, available: np.ndarray, k: int):
+        self.cluster, self.pop, self.available = cluster, pop, available.copy()
+        self._tables: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
+        for key in [None, *range(k)]:
+            self._rebuild(key)
+
+    def _rebuild(self, key: int | None) -> None:
+        mask = self.available if key is None else self.available & (self.cluster == key)
         if not mask.any():
-            mask = available
+            mask = self.available
         candidates = np.flatnonzero(mask)
-        weights = self.item_pop[candidates]
-        return int(candidates[rng.choice(len(candidates), p=weights / weights.sum())])
+        self._tables[key] = (candidates, np.cumsum(self.pop[candidates]))
+
+    def add(self, item: int) -> None:
+        self.available[item] = True
+        self._rebuild(None)
+        self._rebuild(int(self.cluster[item]))
+
+    def pick(self, rng: np.random.Generator, theme: int | None) -> int:
+        candidates, cdf = self._tables[theme]
+        at = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+        return int(candidates[min(at, len(candidates) - 1)])

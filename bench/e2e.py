@@ -1,0 +1,168 @@
+"""End-to-end pipeline benchmark against the raw kafka-python consume rate.
+
+One run, one machine, one broker:
+
+* baseline: the generated events produced to a scratch topic and consumed back
+  with a bare kafka-python consumer (bytes only) -- the ceiling for anything
+  that reads this topic from Python;
+* drain: the same events produced as fast as the SDK sends them into the live
+  pipeline (faust worker -> PS -> vectors -> API replica); measured until the
+  replica has applied every vector the worker published;
+* paced: a second stream sent at a fixed rate below capacity, so freshness
+  (event produced -> its vector searchable) is measured without a backlog.
+
+Usage: ``python -m bench.e2e [--events 20000] [--paced-rate 500] [--paced-seconds 20]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from services.datagen import GeneratorConfig, InteractionGenerator, ItemInfo
+from services.local import LocalPipeline, PipelineConfig
+from services.producer import EventProducer
+from stream.schemas import Interaction
+
+
+def events(seed: int, n: int) -> list[Interaction]:
+    gen = InteractionGenerator(GeneratorConfig(seed=seed))
+    return [r for r in gen.replay(n) if not isinstance(r, ItemInfo)]
+
+
+def raw_consume_rate(bootstrap: str, payloads: list[tuple[bytes, bytes]], partitions: int) -> float:
+    """Events/s of a bare kafka-python consumer reading ``payloads`` back from a fresh topic."""
+    topic = f"bench-raw-{int(time.time())}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, partitions, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    for key, value in payloads:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    seen, started = 0, time.perf_counter()
+    deadline = started + 120
+    while seen < len(payloads) and time.perf_counter() < deadline:
+        for records in consumer.poll(timeout_ms=100, max_records=5000).values():
+            seen += len(records)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return seen / elapsed
+
+
+def api_metric(pipe: LocalPipeline, name: str) -> float:
+    text = _get_text(pipe.api_url + "/metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))  # fmt: skip
+
+
+def _get_text(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def wait_drained(pipe: LocalPipeline, consumed: int, timeout: float = 300) -> float:
+    """Wait until the worker consumed ``consumed`` events and the API applied all it published."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = pipe.worker_metric("streambed_worker_events_total")
+        published = pipe.worker_metric("streambed_worker_vectors_published_total")
+        applied = api_metric(pipe, "streambed_api_vectors_applied_total")
+        if done >= consumed and applied >= published:
+            return time.monotonic()
+        time.sleep(0.05)
+    raise TimeoutError("pipeline did not drain")
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    history = events(args.seed, args.events)
+    paced = events(args.seed + 1, int(args.paced_rate * args.paced_seconds))
+    paced = [Interaction("p-" + e.event_id, e.user_id, e.item_id, e.type, e.ts, e.session_id)
+             for e in paced]  # fmt: skip
+    state = Path(tempfile.mkdtemp(prefix="streambed-bench-"))
+    with LocalPipeline(PipelineConfig(state, partitions=args.partitions)) as pipe:
+        payloads = [(e.user_id.encode(), e.to_json()) for e in history]
+        raw = raw_consume_rate(pipe.bootstrap, payloads, args.partitions)
+
+        with EventProducer(pipe.bootstrap, pipe.config.topics) as producer:
+            t0 = time.time()
+            start = time.monotonic()
+            for e in history:
+                producer.send(e)
+            producer.flush()
+            produce_seconds = time.monotonic() - start
+            end = wait_drained(pipe, len(history))
+            drain_rate = len(history) / (end - start)
+            drain_fresh = pipe.get(f"/stats?since={t0}")["freshness_seconds"]
+
+            t1 = time.time()
+            start = time.monotonic()
+            for n, e in enumerate(paced):
+                due = start + n / args.paced_rate
+                if (pause := due - time.monotonic()) > 0:
+                    time.sleep(pause)
+                producer.send(e)
+                if n % 50 == 0:
+                    producer.flush()
+            producer.flush()
+            achieved = len(paced) / (time.monotonic() - start)
+            wait_drained(pipe, len(history) + len(paced))
+            paced_fresh = pipe.get(f"/stats?since={t1}")["freshness_seconds"]
+    return {
+        "events": len(history),
+        "partitions": args.partitions,
+        "raw_kafka_python_consume_eps": raw,
+        "pipeline_drain_eps": drain_rate,
+        "produce_seconds": produce_seconds,
+        "ratio_pipeline_to_raw": drain_rate / raw,
+        "drain_freshness_s": drain_fresh,
+        "paced_target_eps": args.paced_rate,
+        "paced_achieved_eps": achieved,
+        "paced_freshness_s": paced_fresh,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--paced-rate", type=float, default=500.0)
+    parser.add_argument("--paced-seconds", type=float, default=20.0)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench/results/e2e.json")
+    args = parser.parse_args()
+    result = run(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+    def pct(f: dict) -> str:  # type: ignore[type-arg]
+        if not f["samples"]:
+            return "no samples"
+        return f"p50 {f['p50']:.3f}s  p95 {f['p95']:.3f}s  p99 {f['p99']:.3f}s  (n={f['samples']})"
+
+    print(
+        f"baseline  raw kafka-python consume : {result['raw_kafka_python_consume_eps']:>9.0f} ev/s"
+    )
+    print(f"pipeline  drain (produce->indexed) : {result['pipeline_drain_eps']:>9.0f} ev/s"
+          f"   ratio to baseline {result['ratio_pipeline_to_raw']:.3f}")  # fmt: skip
+    print(f"freshness while draining a backlog : {pct(result['drain_freshness_s'])}")
+    print(f"freshness paced at {result['paced_achieved_eps']:.0f} ev/s         : "
+          f"{pct(result['paced_freshness_s'])}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
