@@ -1,0 +1,77 @@
+"""The commands a user types, run as subprocesses against a real broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer
+
+from services.kafka.broker import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def streambed(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_kafka_up_status_down(tmp_path: Path, kafka_bootstrap: str) -> None:
+    # kafka_bootstrap: skip/fail exactly as the other integration tests when no broker can run
+    port, controller = str(free_port()), str(free_port())
+    common = ["--data-dir", str(tmp_path / "k"), "--port", port, "--controller-port", controller]
+    down = streambed("kafka", "status", *common)
+    assert down.returncode == 3 and "not running" in down.stdout
+    try:
+        up = streambed("kafka", "up", *common)
+        assert up.returncode == 0, up.stderr
+        assert f"127.0.0.1:{port}" in up.stdout
+        status = streambed("kafka", "status", *common)
+        assert status.returncode == 0 and "running" in status.stdout
+    finally:
+        stopped = streambed("kafka", "down", *common)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert streambed("kafka", "status", *common).returncode == 3
+
+
+def test_produce_sends_valid_lines_and_dead_letters_the_rest(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    prefix = f"cli{uuid.uuid4().hex[:6]}-"
+    kafka = ["--bootstrap", kafka_bootstrap, "--topic-prefix", prefix]
+    created = streambed("topics", *kafka)
+    assert created.returncode == 0 and f"{prefix}interactions" in created.stdout
+
+    events = tmp_path / "events.jsonl"
+    generated = streambed("generate", "--events", "50", "--seed", "4", "--out", str(events))
+    assert generated.returncode == 0
+    with events.open("a") as f:
+        f.write("not json at all\n\n")
+        f.write(json.dumps({"event_id": "b", "user_id": "u", "item_id": "i", "type": "x",
+                            "ts": 1}) + "\n")  # fmt: skip
+    result = streambed("produce", *kafka, "--quiet", str(events))
+    assert result.returncode == 0, result.stderr
+    assert "sent 50 events; 2 dead-lettered" in result.stdout
+
+    def read(topic: str) -> list[bytes]:
+        consumer = KafkaConsumer(
+            topic, bootstrap_servers=kafka_bootstrap, group_id=None,
+            auto_offset_reset="earliest", consumer_timeout_ms=5000,
+        )  # fmt: skip
+        values = [r.value for r in consumer]
+        consumer.close()
+        return values
+
+    assert len(read(f"{prefix}interactions")) == 50
+    letters = [json.loads(v) for v in read(f"{prefix}interactions.dlq")]
+    assert sorted((d["reason"], d["line"], d["source"]) for d in letters) == [
+        ("bad_json", 51, "producer"),
+        ("bad_type", 53, "producer"),
+    ]

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from services.api.app import create_app
+from services.api.metrics import ServingMetrics
+from services.api.state import ServingState
+from stream.vectors import VectorRecord
+
+
+@pytest.fixture
+def client() -> TestClient:
+    state = ServingState(dim=2)
+    vec = lambda *x: np.array(x, dtype=np.float32)  # noqa: E731
+    state.apply_items(
+        [VectorRecord("a", vec(1, 0), 3, 1000), VectorRecord("b", vec(0, 1), 7, 1000),
+         VectorRecord("c", vec(0.8, 0.6), 1, 0)],
+        now_ms=1400,
+    )  # fmt: skip
+    state.apply_users([VectorRecord("u1", vec(1, 0.1), 2, 1000)], now_ms=1100)
+    registry = CollectorRegistry()
+    return TestClient(create_app(state, registry, ServingMetrics.create(registry)))
+
+
+def test_personal_recommendations_are_ranked_by_score(client: TestClient) -> None:
+    body = client.get("/recommendations/u1?k=2").json()
+    assert body["strategy"] == "personal"
+    assert [i["item_id"] for i in body["items"]] == ["a", "c"]
+
+
+def test_unknown_user_gets_the_popularity_prior(client: TestClient) -> None:
+    body = client.get("/recommendations/stranger?k=2").json()
+    assert body["strategy"] == "popular"
+    assert [i["item_id"] for i in body["items"]] == ["b", "a"]
+
+
+def test_similar_items_exclude_the_item_itself(client: TestClient) -> None:
+    body = client.get("/items/a/similar?k=5").json()
+    assert [i["item_id"] for i in body["items"]] == ["c", "b"]
+    missing = client.get("/items/nope/similar")
+    assert missing.status_code == 404 and "no vector" in missing.json()["detail"]
+
+
+BAD_K = ["/recommendations/u1?k=0", "/recommendations/u1?k=abc", "/recommendations/u1?k=100000",
+         "/items/a/similar?k=-1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", BAD_K)
+def test_bad_parameters_are_clear_4xx(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] == "k"
+
+
+def test_health_stats_metrics_and_openapi(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "caught_up": True, "items": 3,
+                                             "users": 1}  # fmt: skip
+    stats = client.get("/stats").json()
+    assert stats["freshness_seconds"]["samples"] == 3
+    assert stats["freshness_seconds"]["p50"] == pytest.approx(0.4)
+    assert client.get("/stats?since=99999999999").json()["freshness_seconds"]["samples"] == 0
+    client.get("/recommendations/u1")
+    metrics = client.get("/metrics").text
+    assert (
+        'streambed_api_request_seconds_count{endpoint="/recommendations/{user_id}"} 1.0' in metrics
+    )
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/recommendations/{user_id}", "/items/{item_id}/similar", "/healthz"} <= set(paths)

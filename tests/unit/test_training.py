@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from services.datagen import GeneratorConfig, InteractionGenerator, ItemInfo
+from stream.frequency import ItemFrequency
+from stream.model import TwoTower, freeze
+from stream.schemas import Interaction
+from stream.training import OnlineTrainer, TrainConfig
+
+
+def ev(n: int, user: str, item: str, kind: str = "click", ts: float = 1.0) -> Interaction:
+    return Interaction(f"e{n}", user, item, kind, ts)
+
+
+def score(trainer: OnlineTrainer, user: str, item: str) -> float:
+    return float(trainer.user_vectors([user])[0][0] @ trainer.item_vectors([item])[0][0])
+
+
+def test_towers_are_frozen_and_never_change_online() -> None:
+    trainer = OnlineTrainer.create(TrainConfig(dim=8, negatives=4))
+    before = {k: v.clone() for k, v in trainer.towers.state_dict().items()}
+    for n in range(20):
+        trainer.apply([ev(n, f"u{n % 3}", f"i{n % 5}"), ev(100 + n, "u9", "i1", "skip")])
+    assert not any(p.requires_grad for p in trainer.towers.parameters())
+    assert not trainer.towers.training
+    for key, value in trainer.towers.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_only_the_batch_rows_and_sampled_negatives_move() -> None:
+    trainer = OnlineTrainer.create(TrainConfig(dim=8, negatives=0))
+    trainer.apply([ev(0, "u0", "i0"), ev(1, "u1", "i1")])
+    untouched_user = trainer.users.pull(["u1"])[0].copy()
+    untouched_item = trainer.items.pull(["i1"])[0].copy()
+    stats = trainer.apply([ev(2, "u0", "i0"), ev(3, "u0", "i2")])
+    assert set(stats.users) == {"u0"} and set(stats.items) == {"i0", "i2"}
+    assert np.array_equal(trainer.users.pull(["u1"])[0], untouched_user)
+    assert np.array_equal(trainer.items.pull(["i1"])[0], untouched_item)
+
+
+def test_a_click_raises_and_a_skip_lowers_the_pair_score() -> None:
+    trainer = OnlineTrainer.create(TrainConfig(dim=8, negatives=8))
+    trainer.apply([ev(n, f"w{n}", f"i{n}") for n in range(20)])  # some items to sample from
+    trainer.apply([ev(100, "u", "a"), ev(101, "u", "b")])
+    before = score(trainer, "u", "a"), score(trainer, "u", "b")
+    trainer.apply([ev(102, "u", "a", "click"), ev(103, "u", "b", "skip")])
+    assert score(trainer, "u", "a") > before[0]
+    assert score(trainer, "u", "b") < before[1]
+
+
+def test_zero_weight_events_are_ignored() -> None:
+    trainer = OnlineTrainer.create(TrainConfig(dim=4, type_weights={"view": 0.0, "click": 1.0}))
+    stats = trainer.apply([ev(0, "u", "i", "view")])
+    assert stats.positives == 0 and len(trainer.users) == 0
+
+
+def test_reads_create_no_rows() -> None:
+    trainer = OnlineTrainer.create(TrainConfig(dim=4))
+    _, hit = trainer.item_vectors(["nope"])
+    _, user_hit = trainer.user_vectors(["nobody"])
+    assert not hit[0] and not user_hit[0]
+    assert len(trainer.items) == 0 and len(trainer.users) == 0
+
+
+def test_dimension_mismatch_is_refused() -> None:
+    cfg = TrainConfig(dim=4)
+    from paramserver.table import EmbeddingTable
+
+    with pytest.raises(ValueError, match="dimension"):
+        OnlineTrainer(
+            EmbeddingTable(cfg.table("u")), EmbeddingTable(cfg.table("i")),
+            TwoTower.create(8), cfg,
+        )  # fmt: skip
+
+
+def test_freeze_is_for_good() -> None:
+    towers = freeze(TwoTower.create(4))
+    rows = torch.randn(2, 4, requires_grad=True)
+    towers.users(rows).sum().backward()
+    assert rows.grad is not None
+    assert all(p.grad is None for p in towers.parameters())
+
+
+def test_online_learning_recovers_user_tastes_from_the_generator() -> None:
+    """Behaviour, not speed: after one pass, users' top-10 lean to their taste clusters."""
+    gen = InteractionGenerator(GeneratorConfig(users=200, items=800, seed=3))
+    events = [r for r in gen.replay(12_000) if not isinstance(r, ItemInfo)]
+    trainer = OnlineTrainer.create(TrainConfig(dim=32))
+    for start in range(0, len(events), 256):
+        trainer.apply(events[start : start + 256])
+    items = list(trainer.items.ids())
+    item_vecs, _ = trainer.item_vectors(items)
+    clusters = np.array([gen.cluster_of(i) for i in items])
+    activity = Counter(e.user_id for e in events)
+    shares = []
+    for user, count in activity.items():
+        if count < 10:
+            continue
+        top = np.argsort(-(item_vecs @ trainer.user_vectors([user])[0][0]))[:10]
+        u = int(user[1:])
+        tastes = {gen.user_primary[u], gen.user_secondary[u]}
+        shares.append(np.mean([clusters[j] in tastes for j in top]))
+    # a random top-10 would hold about 2/8 = 25% of a user's two taste clusters
+    assert np.mean(shares) > 0.5
+
+
+def test_item_frequency_follows_counts_and_decays() -> None:
+    freq = ItemFrequency()
+    freq.observe(["a"] * 8 + ["b"] * 2)
+    p = freq.probability(["a", "b", "c"])
+    assert p[0] > p[1] > p[2] > 0
+    decaying = ItemFrequency(decay=0.5)
+    decaying.observe(["a"] * 10)
+    for _ in range(10):
+        decaying.observe(["b"])
+    pa, pb = decaying.probability(["a", "b"])
+    assert pb > pa
+    with pytest.raises(ValueError):
+        ItemFrequency(decay=0.0)
