@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One command to set streambed up on a fresh machine: a virtualenv with every Python
+# dependency (torch pinned to 2.13.0) and the Apache Kafka broker jars from Maven Central.
+#
+#   bash scripts/setup.sh
+#
+# Needs python3 (>= 3.10), Java 17 and Maven on PATH. torch's wheels (about 3 GB with
+# its CUDA libraries where no CPU wheel is on the machine) are kept in a wheelhouse,
+# $STREAMBED_WHEELHOUSE (default ~/.cache/streambed/wheels), so later setups reuse them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+WHEELHOUSE=${STREAMBED_WHEELHOUSE:-$HOME/.cache/streambed/wheels}
+TORCH=torch==2.13.0
+
+for tool in "$PYTHON" java mvn; do
+  command -v "$tool" >/dev/null || { echo "setup: '$tool' is not on PATH" >&2; exit 1; }
+done
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+
+echo "==> torch into the wheelhouse ($WHEELHOUSE; files already there are not fetched again)"
+mkdir -p "$WHEELHOUSE"
+"${PIP[@]}" download --quiet -d "$WHEELHOUSE" "$TORCH"
+"${PIP[@]}" install --quiet --no-index --find-links "$WHEELHOUSE" "$TORCH"
+
+echo "==> streambed and its Python dependencies"
+"${PIP[@]}" install --quiet --find-links "$WHEELHOUSE" -e '.[dev]'
+
+echo "==> Kafka broker jars (Maven Central, docker/kafka/pom.xml)"
+.venv/bin/streambed kafka install
+
+echo "setup done: run the demo with  .venv/bin/streambed demo"
