@@ -61,26 +61,13 @@ def raw_consume_rate(bootstrap: str, payloads: list[tuple[bytes, bytes]], partit
     return seen / elapsed
 
 
-def api_metric(pipe: LocalPipeline, name: str) -> float:
-    text = _get_text(pipe.api_url + "/metrics")
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))  # fmt: skip
-
-
-def _get_text(url: str) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return resp.read().decode()
-
-
 def wait_drained(pipe: LocalPipeline, consumed: int, timeout: float = 300) -> float:
     """Wait until the worker consumed ``consumed`` events and the API applied all it published."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = pipe.worker_metric("streambed_worker_events_total")
         published = pipe.worker_metric("streambed_worker_vectors_published_total")
-        applied = api_metric(pipe, "streambed_api_vectors_applied_total")
+        applied = pipe.api_metric("streambed_api_vectors_applied_total")
         if done >= consumed and applied >= published:
             return time.monotonic()
         time.sleep(0.05)

@@ -24,10 +24,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 
-echo "==> torch into the wheelhouse ($WHEELHOUSE; files already there are not fetched again)"
+echo "==> $TORCH (wheelhouse $WHEELHOUSE)"
 mkdir -p "$WHEELHOUSE"
-"${PIP[@]}" download --quiet -d "$WHEELHOUSE" "$TORCH"
-"${PIP[@]}" install --quiet --no-index --find-links "$WHEELHOUSE" "$TORCH"
+if ! "${PIP[@]}" install --quiet --no-index --find-links "$WHEELHOUSE" "$TORCH" 2>/dev/null; then
+  echo "    not in the wheelhouse yet: downloading (about 3 GB for the CUDA build)"
+  "${PIP[@]}" download --quiet -d "$WHEELHOUSE" "$TORCH"
+  "${PIP[@]}" install --quiet --no-index --find-links "$WHEELHOUSE" "$TORCH"
+fi
 
 echo "==> streambed and its Python dependencies"
 "${PIP[@]}" install --quiet --find-links "$WHEELHOUSE" -e '.[dev]'

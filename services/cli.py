@@ -28,7 +28,8 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     from services.kafka.broker import BrokerConfig, LocalBroker, install
 
     if args.action == "install":
-        print(f"Kafka jars in {install(Path(args.lib_dir), quiet=False)}")
+        lib = install(Path(args.lib_dir))
+        print(f"Kafka broker jars ({len(list(lib.glob('*.jar')))}) in {lib}")
         return 0
     cfg = BrokerConfig(
         Path(args.data_dir), port=args.port, controller_port=args.controller_port,
@@ -228,6 +229,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(os.environ).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    # kafka-python 3 warns whenever a poll callback runs over 100 ms, which a busy 2-core
+    # machine does routinely; it is noise for a producer or a tailer
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     return int(args.func(args))
 
 

@@ -129,17 +129,18 @@ class LocalPipeline:
             return json.loads(resp.read())
 
     def worker_metric(self, name: str) -> float:
-        """Sum of all samples of one metric on the worker's /metrics (0 when absent)."""
-        try:
-            with urllib.request.urlopen(self.worker_metrics_url, timeout=5) as resp:
-                text = resp.read().decode()
-        except (OSError, urllib.error.URLError):
-            return 0.0
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and (line[len(name)] in " {"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        """Sum of all samples of one metric on the worker's /metrics (0 when unreachable)."""
+        return metric_sum(self.worker_metrics_url, name)
+
+    def api_metric(self, name: str) -> float:
+        return metric_sum(self.api_url + "/metrics", name)
+
+    def consumed(self) -> float:
+        """Records the worker has finished with: learnt, dead-lettered or dropped as duplicate."""
+        return sum(
+            self.worker_metric(f"streambed_worker_{name}_total")
+            for name in ("events", "dead_letters", "duplicate_events")
+        )
 
     def stop_process(self, name: str, timeout: float = 20.0) -> None:
         proc = self._procs.pop(name, None)
@@ -157,3 +158,18 @@ class LocalPipeline:
             self.stop_process(name)
         if self.broker is not None:
             self.broker.stop()
+
+
+def metric_sum(url: str, name: str) -> float:
+    """Sum of the samples of metric ``name`` (a bare name, or one with a label selector
+    written exactly as exposed) in a Prometheus text page; 0 when unreachable."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+    except (OSError, urllib.error.URLError):
+        return 0.0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in " {":
+            total += float(line.rsplit(" ", 1)[1])
+    return total

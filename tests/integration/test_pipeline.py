@@ -32,22 +32,14 @@ def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.1) ->
         time.sleep(interval)
 
 
-def consumed(pipe: LocalPipeline) -> float:
-    return sum(
-        pipe.worker_metric(name)
-        for name in ("streambed_worker_events_total", "streambed_worker_dead_letters_total",
-                     "streambed_worker_duplicate_events_total")
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def learnt(pipeline: LocalPipeline) -> LocalPipeline:
     """The pipeline after it has learnt a generated history."""
     with EventProducer(pipeline.bootstrap, pipeline.config.topics) as producer:
         for event in HISTORY:
             producer.send(event)
-    assert wait_for(lambda: consumed(pipeline) >= len(HISTORY), timeout=120), (
-        f"worker consumed {consumed(pipeline)} of {len(HISTORY)}; see {pipeline.log_path('worker')}"
+    assert wait_for(lambda: pipeline.consumed() >= len(HISTORY), timeout=120), (
+        f"consumed {pipeline.consumed()} of {len(HISTORY)}; see {pipeline.log_path('worker')}"
     )
     return pipeline
 
