@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 
+import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from services.api.metrics import ServingMetrics
@@ -60,9 +61,14 @@ class VectorTailer(threading.Thread):
             consumer.seek_to_beginning(*partitions)
             end = consumer.end_offsets(partitions)
             while not self._stop_event.is_set():
-                batch = consumer.poll(timeout_ms=self.poll_ms, max_records=5000)
-                for tp, records in batch.items():
-                    self._apply(tp.topic, records)
+                try:
+                    batch = consumer.poll(timeout_ms=self.poll_ms, max_records=5000)
+                    for tp, records in batch.items():
+                        self._apply(tp.topic, records)
+                except Exception:  # the replica's only writer must outlive any one poll
+                    log.exception("tailer poll failed; retrying in 1 s")
+                    self._stop_event.wait(1.0)
+                    continue
                 if not self.caught_up.is_set() and all(
                     consumer.position(tp) >= end[tp] for tp in partitions
                 ):
@@ -83,13 +89,24 @@ class VectorTailer(threading.Thread):
 
     def _apply(self, topic: str, records: list) -> None:  # type: ignore[type-arg]
         decoded: list[VectorRecord] = []
+        dim = self.state.index.dim
         for rec in records:
             if rec.value is None:
                 continue  # tombstones (evictions) are handled once the PS publishes them
             try:
-                decoded.append(VectorRecord.decode(rec.value))
+                vector = VectorRecord.decode(rec.value)
             except (ValueError, KeyError, TypeError):
+                vector = None
+            if (
+                vector is None
+                or vector.vector.shape != (dim,)
+                or not np.isfinite(vector.vector).all()
+            ):
+                # a foreign or mis-configured writer (e.g. another --dim) must not stop the replica
                 self.metrics.bad_vectors.inc()
+                log.warning("skipped a bad vector record at %s offset %s", topic, rec.offset)
+                continue
+            decoded.append(vector)
         if not decoded:
             return
         now_ms = int(time.time() * 1000)

@@ -164,13 +164,15 @@ class LocalBroker:
         java = self._java()
         classpath = f"{cfg.lib_dir.resolve()}/*"
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            subprocess.run(
+            formatted = subprocess.run(
                 [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", _cluster_id(), "-c", str(props)],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                 "-t", cluster_id(), "-c", str(props)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )  # fmt: skip
+            if formatted.returncode != 0:
+                out = formatted.stdout.decode(errors="replace").strip()
+                raise BrokerError(f"formatting {self.data_dir} failed: {out[-2000:]}")
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 [java, f"-Xmx{cfg.heap}", f"-Xms{cfg.heap}", "-XX:+UseG1GC",
@@ -253,6 +255,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _cluster_id() -> str:
-    # Kafka's cluster ids are url-safe base64 of 16 random bytes (what `random-uuid` prints)
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def cluster_id() -> str:
+    """A Kafka cluster id: url-safe base64 of 16 random bytes, as `random-uuid` prints.
+
+    Like Kafka's ``Uuid.randomUuid`` it never starts with '-': the storage tool's
+    argument parser would read such an id as an option (a 1-in-64 failure, seen here).
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text

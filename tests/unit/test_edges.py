@@ -82,3 +82,31 @@ def test_vector_record_rejects_garbage() -> None:
         VectorRecord.decode(b'{"id": "a"}')
     rec = VectorRecord("a", np.arange(3, dtype=np.float32), 1, 5)
     assert VectorRecord.decode(rec.encode()).vector.dtype == np.float32
+
+
+def test_the_tailer_skips_bad_vector_records_and_applies_the_rest() -> None:
+    from types import SimpleNamespace
+
+    from services.ann.updater import VectorTailer
+    from services.api.state import ServingState
+
+    registry = CollectorRegistry()
+    metrics = ServingMetrics.create(registry)
+    state = ServingState(dim=2)
+    tailer = VectorTailer("127.0.0.1:1", Topics(), state, metrics)
+    good = VectorRecord("ok", np.array([1, 0], dtype=np.float32), 1, 0).encode()
+    wrong_dim = VectorRecord("bad", np.ones(3, dtype=np.float32), 1, 0).encode()
+    nan = VectorRecord("nan", np.array([np.nan, 0], dtype=np.float32), 1, 0).encode()
+    records = [SimpleNamespace(value=v, offset=n)
+               for n, v in enumerate([b"garbage", wrong_dim, nan, None, good])]  # fmt: skip
+    tailer._apply(Topics().item_vectors, records)
+    assert len(state.index) == 1 and "ok" in state.index
+    assert registry.get_sample_value("streambed_api_bad_vector_records_total") == 3.0
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    from services.kafka.broker import cluster_id
+
+    ids = [cluster_id() for _ in range(2000)]  # ~31 of these would start with '-' unguarded
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
