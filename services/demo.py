@@ -58,7 +58,10 @@ def theme_share(gen: InteractionGenerator, items: list[dict], cluster: int) -> f
 def run_demo(cfg: DemoConfig) -> int:
     gen = InteractionGenerator(GeneratorConfig(seed=cfg.seed))
     prefix = f"demo{int(time.time())}-" if cfg.bootstrap else ""
-    pipe_cfg = PipelineConfig(cfg.state_dir, bootstrap=cfg.bootstrap, topic_prefix=prefix)
+    pipe_cfg = PipelineConfig(
+        cfg.state_dir, bootstrap=cfg.bootstrap, topic_prefix=prefix,
+        app_id=f"{prefix}streambed-worker",
+    )  # fmt: skip
     print("starting Kafka (KRaft), the stream worker and the retrieval API ...")
     with LocalPipeline(pipe_cfg) as pipe:
         print(f"  broker {pipe.bootstrap} | API {pipe.api_url}/docs | "
