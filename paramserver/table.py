@@ -17,7 +17,7 @@ Examples
 ([True, False], (2, 4), True)
 >>> before = vecs[0].copy()
 >>> table.push(["a"], np.ones((1, 4), dtype=np.float32), now=2.0)
->>> bool(np.all(table.pull(["a"])[0][0] < before)), table.meta("a").version
+>>> bool(np.all(table.pull(["a"])[0][0] < before)), table.meta("a").updates
 (True, 1)
 """
 
@@ -35,11 +35,10 @@ from paramserver.optim import rowwise_adagrad, sum_duplicates
 
 @dataclass(frozen=True)
 class RowMeta:
-    """Per-row metadata: how many updates, when last updated (event time), version."""
+    """Per-row metadata: how many updates (also the row's version) and when (event time)."""
 
     updates: int
     last_update: float
-    version: int
 
 
 def initial_row(key: str, dim: int, scale: float) -> np.ndarray:
@@ -123,8 +122,7 @@ class EmbeddingTable:
 
     def meta(self, key: str) -> RowMeta:
         slot = self._slot[key]
-        updates = int(self._updates[slot])
-        return RowMeta(updates=updates, last_update=float(self._last[slot]), version=updates)
+        return RowMeta(updates=int(self._updates[slot]), last_update=float(self._last[slot]))
 
     def _grow(self, needed: int) -> None:
         cap = self._rows.shape[0]

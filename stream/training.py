@@ -63,7 +63,6 @@ class StepStats:
     loss: float
     users: tuple[str, ...]
     items: tuple[str, ...]
-    direct_items: frozenset[str] = frozenset()
 
 
 class OnlineTrainer:
@@ -154,7 +153,6 @@ class OnlineTrainer:
             loss=float(loss.detach()) / float(w.abs().sum()),
             users=tuple(user_ids),
             items=tuple(candidates),
-            direct_items=frozenset(direct),
         )
 
     def _softmax_loss(

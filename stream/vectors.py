@@ -22,9 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ITEM_VECTORS = "item-vectors"
-USER_VECTORS = "user-vectors"
-
 
 @dataclass(frozen=True)
 class VectorRecord:
