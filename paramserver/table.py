@@ -1,135 +1,307 @@
-"""An in-process embedding table: collisionless (one row per distinct id), growing on demand.
+"""A collisionless embedding table keyed by 64-bit ids, growing without a fixed vocabulary.
 
-This is the walking-skeleton parameter server: rows live in contiguous numpy
-arrays addressed through an id -> slot dict, so distinct ids never share a row.
-Reads never create rows; only the training path (``ensure``) does.
+Rows, their optimizer state and metadata live in contiguous numpy arrays
+addressed through a :class:`~paramserver.keys.HashIndex`, so distinct ids never
+share a row. Reads (:meth:`pull`, :meth:`sample`, :meth:`meta`) never create
+rows; only the training path does, through :meth:`admit`, and only for ids that
+have passed the admission filter. Everything is pure (no I/O): a checkpoint
+takes :meth:`drain_changes` and a restore feeds :meth:`load_rows`.
 
 Examples
 --------
 >>> import numpy as np
->>> table = EmbeddingTable(TableConfig("items", dim=4))
->>> vecs, hit = table.pull(["a", "b"])
->>> hit.tolist(), len(table)          # a read creates nothing
+>>> table = EmbeddingTable(TableConfig("items", dim=4, min_count=2, ttl_seconds=60))
+>>> ids = np.array([10, 20], dtype=np.uint64)
+>>> table.admit(ids, now=1.0).tolist(), len(table)     # first sighting: no rows yet
 ([False, False], 0)
->>> table.ensure(["a"], now=1.0)
->>> vecs, hit = table.pull(["a", "b"])
->>> hit.tolist(), vecs.shape, bool(np.all(vecs[1] == 0))
-([True, False], (2, 4), True)
->>> before = vecs[0].copy()
->>> table.push(["a"], np.ones((1, 4), dtype=np.float32), now=2.0)
->>> bool(np.all(table.pull(["a"])[0][0] < before)), table.meta("a").updates
-(True, 1)
+>>> table.admit(ids[:1], now=2.0).tolist(), len(table)  # id 10's second sighting
+([True], 1)
+>>> vecs, hit = table.pull(ids)
+>>> hit.tolist(), vecs.shape
+([True, False], (2, 4))
+>>> table.push(ids[:1], np.ones((1, 4), dtype=np.float32), now=3.0)
+>>> bool(np.all(table.pull(ids[:1])[0] < vecs[:1])), table.meta(ids[:1])[0].tolist()
+(True, [1])
+>>> table.expire(now=100.0).tolist(), len(table)         # idle for 97 s > ttl
+([10], 0)
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import heapq
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from paramserver.admission import CountingFilter
 from paramserver.config import TableConfig
-from paramserver.optim import rowwise_adagrad, sum_duplicates
+from paramserver.keys import HashIndex
+from paramserver.optim import sum_duplicates
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@dataclass(frozen=True)
-class RowMeta:
-    """Per-row metadata: how many updates (also the row's version) and when (event time)."""
-
-    updates: int
-    last_update: float
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
 
 
-def initial_row(key: str, dim: int, scale: float) -> np.ndarray:
-    """Deterministic initial vector for ``key``: the same id always starts at the same point."""
-    seed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-    return (np.random.default_rng(seed).standard_normal(dim) * scale).astype(np.float32)
+def initial_rows(keys: np.ndarray, dim: int, scale: float, seed: int = 0) -> np.ndarray:
+    """Deterministic N(0, scale^2) vectors: the same id (and seed) always starts at the same point.
+
+    Counter-based (splitmix64 of id, seed and column, then Box-Muller), so it is
+    vectorised and independent of which other ids share the batch.
+    """
+    keys = np.asarray(keys, dtype=np.uint64)
+    cols = np.arange(dim, dtype=np.uint64)
+    base = _splitmix(keys ^ (np.uint64(seed) * _GOLDEN))
+    bits = _splitmix(base[:, None] + (cols[None, :] + np.uint64(1)) * _GOLDEN)
+    u1 = ((bits >> np.uint64(40)).astype(np.float64) + 0.5) / float(1 << 24)
+    u2 = ((bits & np.uint64(0xFFFFFF)).astype(np.float64)) / float(1 << 24)
+    normal = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return (normal * scale).astype(np.float32)
+
+
+@dataclass
+class TableStats:
+    """Cumulative counts of what the table did; the metrics edge turns them into counters."""
+
+    pulls: int = 0
+    pulled_rows: int = 0
+    pushes: int = 0
+    pushed_rows: int = 0
+    admissions: int = 0
+    evictions: int = 0
+
+
+@dataclass
+class TableChanges:
+    """Rows written and keys deleted since the last :meth:`EmbeddingTable.drain_changes`."""
+
+    keys: np.ndarray
+    slots: np.ndarray
+    rows: np.ndarray
+    state: np.ndarray
+    updates: np.ndarray
+    last_update: np.ndarray
+    deleted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 class EmbeddingTable:
-    """Rows keyed by string id, with row-wise Adagrad applied server-side on ``push``."""
+    """Rows keyed by uint64 id; the configured optimizer is applied server-side on ``push``."""
 
     def __init__(self, config: TableConfig) -> None:
         self.config = config
-        self._slot: dict[str, int] = {}
-        self._keys: list[str] = []
+        self.optimizer = config.optimizer
+        self.stats = TableStats()
+        width = config.filter_width if config.min_count > 1 else 1  # unused at min_count 1
+        self.filter = CountingFilter(config.min_count, width=width)
         cap = config.initial_capacity
+        self._index = HashIndex(cap)
+        self._keys = np.zeros(cap, dtype=np.uint64)
         self._rows = np.zeros((cap, config.dim), dtype=np.float32)
-        self._acc = np.zeros(cap, dtype=np.float32)
-        self._updates = np.zeros(cap, dtype=np.int64)
+        self._state = np.zeros((cap, self.optimizer.state_width(config.dim)), dtype=np.float32)
+        self._updates = np.zeros(cap, dtype=np.uint32)
         self._last = np.zeros(cap, dtype=np.float64)
+        self._live = np.zeros(cap, dtype=bool)
+        self._dirty = np.zeros(cap, dtype=bool)
+        self._deleted: set[int] = set()
+        self._free: list[int] = []  # a heap: new rows take the lowest free slot
+        self._high = 0  # slots [0, high) have been used
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
 
     def __len__(self) -> int:
-        return len(self._slot)
+        return len(self._index)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._slot
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for rows, optimizer state, metadata and the key index."""
+        arrays = (self._keys, self._rows, self._state, self._updates, self._last)
+        flags = self._live.nbytes + self._dirty.nbytes
+        return sum(a.nbytes for a in arrays) + flags + self._index.nbytes
 
-    def ids(self) -> Iterator[str]:
-        return iter(self._slot)
+    def _slots(self, keys: np.ndarray) -> np.ndarray:
+        return self._index.lookup(keys)
 
-    def pull(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Vectors for ``ids`` in input order, zeros where missing, and the hit mask."""
-        slots = np.fromiter((self._slot.get(k, -1) for k in ids), dtype=np.int64, count=len(ids))
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        return self._slots(np.asarray(keys, dtype=np.uint64)) >= 0
+
+    def keys(self) -> np.ndarray:
+        return self._keys[: self._high][self._live[: self._high]].copy()
+
+    def pull(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors for ``keys`` in input order (zeros where missing) and the hit mask. A read."""
+        slots = self._slots(np.asarray(keys, dtype=np.uint64))
         hit = slots >= 0
-        out = np.zeros((len(ids), self.config.dim), dtype=np.float32)
+        out = np.zeros((len(slots), self.dim), dtype=np.float32)
         out[hit] = self._rows[slots[hit]]
+        self.stats.pulls += 1
+        self.stats.pulled_rows += len(slots)
         return out, hit
 
-    def ensure(self, ids: Sequence[str], *, now: float) -> None:
-        """Create rows (deterministically initialised) for ids that have none."""
-        missing = [k for k in dict.fromkeys(ids) if k not in self._slot]
-        if not missing:
-            return
-        self._grow(len(self._slot) + len(missing))
-        cfg = self.config
-        for key in missing:
-            slot = len(self._slot)
-            self._slot[key] = slot
-            self._keys.append(key)
-            self._rows[slot] = initial_row(key, cfg.dim, cfg.init_scale)
-            self._acc[slot] = cfg.initial_accumulator
-            self._last[slot] = now
+    def meta(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(update count, last update time) per key; -1 and NaN where missing. A read."""
+        slots = self._slots(np.asarray(keys, dtype=np.uint64))
+        hit = slots >= 0
+        updates = np.full(len(slots), -1, dtype=np.int64)
+        last = np.full(len(slots), np.nan)
+        updates[hit] = self._updates[slots[hit]]
+        last[hit] = self._last[slots[hit]]
+        return updates, last
 
-    def push(self, ids: Sequence[str], grads: np.ndarray, *, now: float) -> None:
-        """Apply gradients (duplicates summed) with row-wise Adagrad. Unknown ids are an error."""
+    def admit(self, keys: np.ndarray, *, now: float) -> np.ndarray:
+        """The training path: count sightings, create rows for ids that earned one; hit mask.
+
+        Ids that already have a row are not counted again. New rows start at their
+        deterministic initial vector with fresh optimizer state.
+        """
+        keys = np.asarray(keys, dtype=np.uint64)
+        slots = self._slots(keys)
+        missing = slots < 0
+        if not missing.any():
+            return np.ones(len(keys), dtype=bool)
+        hit = ~missing
+        admitted = self.filter.observe(keys[missing])
+        new_keys = np.unique(keys[missing][admitted])
+        if len(new_keys):
+            self._create(new_keys, now)
+            hit[np.flatnonzero(missing)[admitted]] = True
+        return hit
+
+    def _create(self, keys: np.ndarray, now: float) -> None:
+        slots = self._take_slots(len(keys))
+        rows = initial_rows(keys, self.dim, self.config.init_scale, self.config.seed)
+        self._keys[slots] = keys
+        self._rows[slots] = rows
+        self._state[slots] = self.optimizer.init_state(rows)
+        self._updates[slots] = 0
+        self._last[slots] = now
+        self._live[slots] = True
+        self._dirty[slots] = True
+        self._deleted.difference_update(keys.tolist())
+        self._index.insert(keys, slots)
+        self.stats.admissions += len(keys)
+
+    def _take_slots(self, n: int) -> np.ndarray:
+        reused = [heapq.heappop(self._free) for _ in range(min(n, len(self._free)))]
+        fresh = np.arange(self._high, self._high + n - len(reused), dtype=np.int64)
+        self._high += len(fresh)
+        self._grow(self._high)
+        return np.concatenate([np.array(reused, dtype=np.int64), fresh])
+
+    def push(self, keys: np.ndarray, grads: np.ndarray, *, now: float) -> None:
+        """Apply gradients (duplicate ids summed first). Unknown ids and bad grads raise, first."""
+        keys = np.asarray(keys, dtype=np.uint64)
         grads = np.asarray(grads, dtype=np.float32)
-        if grads.shape != (len(ids), self.config.dim):
-            raise ValueError(
-                f"grads must have shape ({len(ids)}, {self.config.dim}), got {grads.shape}"
-            )
+        if keys.ndim != 1 or grads.shape != (len(keys), self.dim):
+            raise ValueError(f"grads must have shape ({len(keys)}, {self.dim}), got {grads.shape}")
         if not np.all(np.isfinite(grads)):
             raise ValueError("grads contain NaN or infinity")
-        unique, summed = sum_duplicates(list(ids), grads)
-        try:
-            slots = np.array([self._slot[k] for k in unique], dtype=np.int64)
-        except KeyError as err:
-            raise KeyError(
-                f"push to id {err.args[0]!r} that has no row; call ensure first"
-            ) from None
-        rows, acc = self._rows[slots], self._acc[slots]
-        rowwise_adagrad(rows, acc, summed, lr=self.config.lr, eps=self.config.eps)
-        self._rows[slots], self._acc[slots] = rows, acc
+        unique, summed = sum_duplicates(keys, grads)
+        slots = self._slots(unique)
+        if (slots < 0).any():
+            missing = unique[slots < 0][:5].tolist()
+            raise KeyError(f"push to ids without a row (admit them first): {missing}")
+        rows, state = self._rows[slots], self._state[slots]
+        self.optimizer.apply(rows, state, summed)
+        self._rows[slots], self._state[slots] = rows, state
         self._updates[slots] += 1
         self._last[slots] = now
+        self._dirty[slots] = True
+        self.stats.pushes += 1
+        self.stats.pushed_rows += len(slots)
 
-    def sample(self, n: int, rng: np.random.Generator) -> list[str]:
-        """Up to ``n`` ids drawn uniformly (with replacement) from existing rows; a read."""
-        if not self._keys or n <= 0:
-            return []
-        return [self._keys[i] for i in rng.integers(0, len(self._keys), size=n)]
+    def expire(self, *, now: float) -> np.ndarray:
+        """Evict rows idle longer than the TTL (by event time ``now``); returns their ids."""
+        ttl = self.config.ttl_seconds
+        if ttl is None or not len(self):
+            return np.zeros(0, dtype=np.uint64)
+        idle = self._live[: self._high] & (self._last[: self._high] < now - ttl)
+        return self.remove(self._keys[: self._high][idle])
 
-    def meta(self, key: str) -> RowMeta:
-        slot = self._slot[key]
-        return RowMeta(updates=int(self._updates[slot]), last_update=float(self._last[slot]))
+    def remove(self, keys: np.ndarray) -> np.ndarray:
+        """Delete rows (admin or expiry); returns the ids that had one."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        slots = self._index.remove(keys)
+        gone = slots[slots >= 0]
+        self._live[gone] = False
+        self._dirty[gone] = False
+        for slot in gone.tolist():
+            heapq.heappush(self._free, slot)
+        removed = keys[slots >= 0]
+        self._deleted.update(removed.tolist())
+        self.stats.evictions += len(removed)
+        return removed
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Up to ``n`` ids drawn uniformly, with replacement, from existing rows. A read."""
+        if n <= 0 or not len(self):
+            return np.zeros(0, dtype=np.uint64)
+        picked: list[np.ndarray] = []
+        have = 0
+        for _ in range(64):  # rejection of freed slots; bounded, ample unless mostly freed
+            draw = rng.integers(0, self._high, size=n)
+            draw = draw[self._live[draw]][: n - have]
+            picked.append(draw)
+            have += len(draw)
+            if have == n:
+                break
+        return self._keys[np.concatenate(picked)]
+
+    def drain_changes(self) -> TableChanges:
+        """Everything written since the last drain (for a checkpoint); clears the record."""
+        slots = np.flatnonzero(self._dirty[: self._high])
+        self._dirty[slots] = False
+        deleted = np.array(sorted(self._deleted), dtype=np.uint64)
+        self._deleted.clear()
+        return TableChanges(
+            keys=self._keys[slots].copy(),
+            slots=slots,
+            rows=self._rows[slots].copy(),
+            state=self._state[slots].copy(),
+            updates=self._updates[slots].copy(),
+            last_update=self._last[slots].copy(),
+            deleted=deleted,
+        )
+
+    def load_rows(self, changes: TableChanges, high: int) -> None:
+        """Restore rows into their recorded slots (into an empty table); ``high``: slots used."""
+        if len(self):
+            raise RuntimeError("load_rows restores into an empty table")
+        if len(changes) and int(changes.slots.max()) >= high:
+            raise ValueError("a restored slot lies beyond the recorded high-water mark")
+        self._grow(high)
+        s = changes.slots
+        self._keys[s] = changes.keys
+        self._rows[s] = changes.rows
+        self._state[s] = changes.state
+        self._updates[s] = changes.updates
+        self._last[s] = changes.last_update
+        self._live[s] = True
+        self._index.insert(changes.keys, s)
+        self._high = high
+        self._free = np.flatnonzero(~self._live[:high]).tolist()  # sorted: already a heap
+
+    @property
+    def high_water(self) -> int:
+        return self._high
 
     def _grow(self, needed: int) -> None:
-        cap = self._rows.shape[0]
+        cap = len(self._keys)
         if needed <= cap:
             return
         new_cap = max(needed, cap * 2)
-        self._rows = np.resize(self._rows, (new_cap, self.config.dim))
-        self._acc = np.resize(self._acc, new_cap)
-        self._updates = np.resize(self._updates, new_cap)
-        self._last = np.resize(self._last, new_cap)
+        for name in ("_keys", "_rows", "_state", "_updates", "_last", "_live", "_dirty"):
+            old = getattr(self, name)
+            new = np.zeros((new_cap, *old.shape[1:]), dtype=old.dtype)
+            new[:cap] = old
+            setattr(self, name, new)

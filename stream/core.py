@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from paramserver.table import EmbeddingTable
+from stream.batching import Batcher
 from stream.dedup import RecentIds
 from stream.schemas import Interaction, InvalidEvent, dead_letter, parse_event
-from stream.training import OnlineTrainer
+from stream.training import ITEMS, USERS, OnlineTrainer
 from stream.vectors import VectorRecord
 
 
@@ -60,18 +60,59 @@ class BatchOutput:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     items: list[VectorRecord] = field(default_factory=list)
     users: list[VectorRecord] = field(default_factory=list)
+    evicted_users: list[str] = field(default_factory=list)
+    evicted_items: list[str] = field(default_factory=list)
+    unadmitted: int = 0
     loss: float | None = None
     oldest_event_ms: int | None = None
 
 
 class WorkerCore:
-    """Validation, de-duplication and training for one partition's micro-batches."""
+    """Validation, de-duplication, batching and training of the ``interactions`` records.
 
-    def __init__(self, trainer: OnlineTrainer, dedup: RecentIds | None = None) -> None:
+    ``applied`` maps each partition to the offset after the last record the
+    tables reflect; records below it (a replay after a restart) are skipped, so
+    each record is applied exactly once.
+    """
+
+    def __init__(
+        self,
+        trainer: OnlineTrainer,
+        dedup: RecentIds | None = None,
+        batcher: Batcher | None = None,
+    ) -> None:
         self.trainer = trainer
         self.dedup = dedup or RecentIds()
+        self.batcher = batcher or Batcher(size=256, window_ms=50)
+        self.applied: dict[int, int] = {}
+        self._fed: dict[int, int] = {}
+
+    def resume(self, offsets: dict[int, int]) -> None:
+        """Start from a checkpoint: records below these offsets are already in the tables."""
+        self.applied = dict(offsets)
+        self._fed = dict(offsets)
+
+    def accept(self, records: Sequence[RawRecord]) -> tuple[list[list[RawRecord]], int]:
+        """Feed fetched records to the batcher; (batches now closed, records skipped as replays)."""
+        fresh = []
+        for rec in records:
+            if rec.offset < self._fed.get(rec.partition, 0):
+                continue
+            self._fed[rec.partition] = rec.offset + 1
+            fresh.append(rec)
+        return self.batcher.add(fresh), len(records) - len(fresh)
+
+    def checkpoint_offsets(self) -> dict[int, int]:
+        """Per partition, the first offset the tables do not yet reflect."""
+        offsets = {p: max(self._fed.get(p, 0), o) for p, o in self.applied.items()}
+        offsets.update({p: o for p, o in self._fed.items() if p not in offsets})
+        offsets.update(self.batcher.pending_offsets())
+        return offsets
 
     def process(self, records: Sequence[RawRecord]) -> BatchOutput:
+        """Train on one micro-batch (as cut by the batcher, or any list of records)."""
+        for rec in records:
+            self.applied[rec.partition] = max(self.applied.get(rec.partition, 0), rec.offset + 1)
         out = BatchOutput()
         events: list[Interaction] = []
         produced: list[int] = []
@@ -92,16 +133,20 @@ class WorkerCore:
             return out
         out.oldest_event_ms = min(produced)
         stats = self.trainer.apply(events)
+        out.unadmitted = stats.unadmitted
         if stats.positives + stats.skips:
             out.loss = stats.loss
+        evicted = self.trainer.expire_due(max(e.ts for e in events))
+        out.evicted_users = evicted.get(USERS, [])
+        out.evicted_items = evicted.get(ITEMS, [])
         first_ms_user: dict[str, int] = {}
         first_ms_item: dict[str, int] = {}
         for event, ms in zip(events, produced, strict=True):
             first_ms_user[event.user_id] = min(ms, first_ms_user.get(event.user_id, ms))
             first_ms_item[event.item_id] = min(ms, first_ms_item.get(event.item_id, ms))
         trainer = self.trainer
-        out.users = _records(stats.users, first_ms_user, trainer.user_vectors, trainer.users)
-        out.items = _records(stats.items, first_ms_item, trainer.item_vectors, trainer.items)
+        out.users = _records(stats.users, first_ms_user, trainer.user_vectors, trainer, USERS)
+        out.items = _records(stats.items, first_ms_item, trainer.item_vectors, trainer, ITEMS)
         return out
 
 
@@ -109,13 +154,15 @@ def _records(
     ids: Sequence[str],
     first_ms: dict[str, int],
     vectors_of: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]],
-    table: EmbeddingTable,
+    trainer: OnlineTrainer,
+    table: str,
 ) -> list[VectorRecord]:
     if not ids:
         return []
     vectors, _ = vectors_of(ids)
+    updates, _ = trainer.ps.meta(table, ids)
     return [
         # event_ms 0: changed only as a sampled negative, no event of its own to time
-        VectorRecord(key, vec, table.meta(key).updates, first_ms.get(key, 0))
-        for key, vec in zip(ids, vectors, strict=True)
+        VectorRecord(key, vec, int(n), first_ms.get(key, 0))
+        for key, vec, n in zip(ids, vectors, updates.tolist(), strict=True)
     ]

@@ -30,6 +30,8 @@ class ItemFrequency:
         self._counts: dict[str, float] = {}
         self._total = 0.0
         self._scale = 1.0  # counts are stored divided by the running decay factor
+        self._changed: set[str] = set()
+        self._gone: set[str] = set()
 
     def observe(self, items: Iterable[str]) -> None:
         self._scale /= self.decay
@@ -38,6 +40,26 @@ class ItemFrequency:
         for item in items:
             self._counts[item] = self._counts.get(item, 0.0) + self._scale
             self._total += self._scale
+            self._changed.add(item)
+
+    def forget(self, items: Iterable[str]) -> None:
+        """Drop items (evicted from the tables) from the estimate."""
+        for item in items:
+            count = self._counts.pop(item, None)
+            if count is not None:
+                self._total -= count
+                self._changed.discard(item)
+                self._gone.add(item)
+
+    def drain(self) -> tuple[dict[str, float], list[str], tuple[float, float]]:
+        """Changes since the last drain: counts written, items dropped, and (total, scale)."""
+        changed = {k: self._counts[k] for k in self._changed}
+        gone = sorted(self._gone - self._changed)
+        self._changed, self._gone = set(), set()
+        return changed, gone, (self._total, self._scale)
+
+    def restore(self, counts: dict[str, float], total: float, scale: float) -> None:
+        self._counts, self._total, self._scale = dict(counts), total, scale
 
     def probability(self, items: Sequence[str]) -> np.ndarray:
         counts = np.fromiter(
@@ -53,3 +75,4 @@ class ItemFrequency:
         self._counts = {k: v * factor for k, v in self._counts.items()}
         self._total *= factor
         self._scale = 1.0
+        self._changed = set(self._counts)

@@ -37,7 +37,7 @@ def test_duplicate_event_ids_are_applied_once_across_batches() -> None:
     second = c.process([rec(event)])
     assert (first.accepted, first.duplicates) == (1, 1)
     assert (second.accepted, second.duplicates) == (0, 1)
-    assert c.trainer.users.meta("u1").updates == 1
+    assert c.trainer.ps.meta("users", ["u1"])[0].tolist() == [1]
 
 
 def test_vectors_carry_the_earliest_produce_time_of_their_own_events() -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from paramserver.ps import ParameterServer
 from services.datagen import GeneratorConfig, InteractionGenerator, ItemInfo
 from stream.frequency import ItemFrequency
 from stream.model import TwoTower, freeze
@@ -35,12 +36,12 @@ def test_towers_are_frozen_and_never_change_online() -> None:
 def test_only_the_batch_rows_and_sampled_negatives_move() -> None:
     trainer = OnlineTrainer.create(TrainConfig(dim=8, negatives=0))
     trainer.apply([ev(0, "u0", "i0"), ev(1, "u1", "i1")])
-    untouched_user = trainer.users.pull(["u1"])[0].copy()
-    untouched_item = trainer.items.pull(["i1"])[0].copy()
+    untouched_user = trainer.ps.pull("users", ["u1"])[0].copy()
+    untouched_item = trainer.ps.pull("items", ["i1"])[0].copy()
     stats = trainer.apply([ev(2, "u0", "i0"), ev(3, "u0", "i2")])
     assert set(stats.users) == {"u0"} and set(stats.items) == {"i0", "i2"}
-    assert np.array_equal(trainer.users.pull(["u1"])[0], untouched_user)
-    assert np.array_equal(trainer.items.pull(["i1"])[0], untouched_item)
+    assert np.array_equal(trainer.ps.pull("users", ["u1"])[0], untouched_user)
+    assert np.array_equal(trainer.ps.pull("items", ["i1"])[0], untouched_item)
 
 
 def test_a_click_raises_and_a_skip_lowers_the_pair_score() -> None:
@@ -56,7 +57,7 @@ def test_a_click_raises_and_a_skip_lowers_the_pair_score() -> None:
 def test_zero_weight_events_are_ignored() -> None:
     trainer = OnlineTrainer.create(TrainConfig(dim=4, type_weights={"view": 0.0, "click": 1.0}))
     stats = trainer.apply([ev(0, "u", "i", "view")])
-    assert stats.positives == 0 and len(trainer.users) == 0
+    assert stats.positives == 0 and trainer.ps.size("users") == 0
 
 
 def test_reads_create_no_rows() -> None:
@@ -64,18 +65,13 @@ def test_reads_create_no_rows() -> None:
     _, hit = trainer.item_vectors(["nope"])
     _, user_hit = trainer.user_vectors(["nobody"])
     assert not hit[0] and not user_hit[0]
-    assert len(trainer.items) == 0 and len(trainer.users) == 0
+    assert trainer.ps.size("items") == 0 and trainer.ps.size("users") == 0
 
 
 def test_dimension_mismatch_is_refused() -> None:
     cfg = TrainConfig(dim=4)
-    from paramserver.table import EmbeddingTable
-
     with pytest.raises(ValueError, match="dimension"):
-        OnlineTrainer(
-            EmbeddingTable(cfg.table("u")), EmbeddingTable(cfg.table("i")),
-            TwoTower.create(8), cfg,
-        )  # fmt: skip
+        OnlineTrainer(ParameterServer(cfg.tables()), TwoTower.create(8), cfg)
 
 
 def test_freeze_is_for_good() -> None:
@@ -93,7 +89,7 @@ def test_online_learning_recovers_user_tastes_from_the_generator() -> None:
     trainer = OnlineTrainer.create(TrainConfig(dim=32))
     for start in range(0, len(events), 256):
         trainer.apply(events[start : start + 256])
-    items = list(trainer.items.ids())
+    items = trainer.ps.ids("items")
     item_vecs, _ = trainer.item_vectors(items)
     clusters = np.array([gen.cluster_of(i) for i in items])
     activity = Counter(e.user_id for e in events)
