@@ -64,6 +64,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
 
     from stream.app import WorkerConfig, build_app
+    from stream.batching import Batcher
     from stream.core import WorkerCore
     from stream.metrics import WorkerMetrics
     from stream.training import OnlineTrainer, TrainConfig
@@ -73,19 +74,71 @@ def cmd_worker(args: argparse.Namespace) -> int:
         import uvloop
 
         uvloop.install()  # ~20% more events/s through faust's per-event path (measured)
+    train = TrainConfig(
+        dim=args.dim, lr=args.lr, negatives=args.negatives, optimizer=args.optimizer,
+        min_count=args.min_count, ttl_seconds=args.ttl_seconds,
+    )  # fmt: skip
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topics=_topics(args),
-        batch_size=args.batch_size, batch_ms=args.batch_ms,
-        train=TrainConfig(dim=args.dim, lr=args.lr, negatives=args.negatives),
+        batch_size=args.batch_size, batch_ms=args.batch_ms, idle_grace_ms=args.idle_grace_ms,
+        checkpoint_seconds=args.checkpoint_seconds, session_timeout_s=args.session_timeout,
+        train=train,
     )  # fmt: skip
     registry = CollectorRegistry()
     metrics = WorkerMetrics.create(registry)
+    ps = _worker_ps(args, train, registry)
+    core = WorkerCore(
+        OnlineTrainer.create(train, ps), batcher=Batcher(args.batch_size, args.batch_ms)
+    )
+    store = _restore_worker(args, core, config.topics.interactions)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.host, registry=registry)
-    core = WorkerCore(OnlineTrainer.create(config.train))
-    app = build_app(config, core, metrics)
-    faust.Worker(app, loglevel=args.log_level, quiet=True).execute_from_commandline()
+    app = build_app(config, core, metrics, store)
+    try:
+        faust.Worker(app, loglevel=args.log_level, quiet=True).execute_from_commandline()
+    finally:
+        if store is not None:
+            store.close()
     return 0
+
+
+def _worker_ps(args: argparse.Namespace, train, registry):  # type: ignore[no-untyped-def]
+    """The in-process parameter server, or a client of remote shards; metered either way."""
+    from paramserver.metrics import MeteredPS, PSMetrics
+    from paramserver.ps import ParameterServer
+
+    if args.ps_shards:
+        from paramserver.remote import RemotePS
+
+        inner = RemotePS([a.strip() for a in args.ps_shards.split(",") if a.strip()])
+    else:
+        inner = ParameterServer(train.tables())
+    return MeteredPS(inner, PSMetrics.create(registry))
+
+
+def _restore_worker(args: argparse.Namespace, core, topic: str):  # type: ignore[no-untyped-def]
+    """Open the worker's RocksDB state and load its last checkpoint (None: not durable)."""
+    if not args.state_dir:
+        return None
+    if args.ps_shards:
+        print("worker: remote PS shards keep their own checkpoints; the worker is not durable "
+              "(exactly-once needs the in-process PS)", file=sys.stderr)  # fmt: skip
+        return None
+    from paramserver.stores.rocks import RocksStore
+    from stream.checkpoint import restore
+
+    path = Path(args.state_dir) / args.app_id
+    store = RocksStore(path)
+    try:
+        offsets = restore(core, store, topic)
+    except Exception:
+        store.close()
+        raise
+    if offsets is None:
+        print(f"worker: no checkpoint in {path}; starting fresh", file=sys.stderr)
+    else:
+        print(f"worker: restored {path}, resuming {topic} at {offsets}", file=sys.stderr)
+    return store
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -185,6 +238,41 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument("--dim", type=int, default=32)
     w.add_argument("--lr", type=float, default=0.2)
     w.add_argument("--negatives", type=int, default=32)
+    w.add_argument(
+        "--optimizer",
+        default="rowwise_adagrad",
+        choices=["sgd", "adagrad", "rowwise_adagrad", "ftrl"],
+    )
+    w.add_argument(
+        "--min-count", type=int, default=1, help="sightings before an id gets a row (admission)"
+    )
+    w.add_argument(
+        "--ttl-seconds",
+        type=float,
+        default=None,
+        help="evict rows idle this long in event time (default: never)",
+    )
+    w.add_argument(
+        "--idle-grace-ms",
+        type=int,
+        default=500,
+        help="close a quiet partition's last batch this long after its window",
+    )
+    w.add_argument(
+        "--state-dir",
+        default=str(STATE_DIR / "worker"),
+        help="RocksDB checkpoints live in STATE_DIR/APP_ID ('' : not durable)",
+    )
+    w.add_argument("--checkpoint-seconds", type=float, default=1.0)
+    w.add_argument(
+        "--session-timeout",
+        type=float,
+        default=10.0,
+        help="seconds before a dead worker's partitions move (Kafka's minimum: 6)",
+    )
+    w.add_argument(
+        "--ps-shards", default="", help="host:port,... of remote PS shards (default: in-process PS)"
+    )
     w.add_argument("--torch-threads", type=int, default=1)
     w.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="plain asyncio loop")
     w.add_argument("--host", default="127.0.0.1", help="address of the /metrics endpoint")

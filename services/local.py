@@ -86,7 +86,8 @@ class LocalPipeline:
         self._spawn(
             "worker",
             ["worker", *self._common(), "--app-id", self.config.app_id,
-             "--metrics-port", str(port), *self.config.worker_args],
+             "--metrics-port", str(port), "--state-dir", str(self.config.state_dir / "worker"),
+             *self.config.worker_args],
         )  # fmt: skip
 
     def start_api(self) -> None:

@@ -1,24 +1,35 @@
 """The faust-streaming worker: a thin agent around :class:`stream.core.WorkerCore`.
 
-The agent reads ``interactions`` as raw bytes in micro-batches
-(``take_events(batch_size, within=batch_ms)``), hands them to the pure core, and
-writes what comes back: dead letters to ``interactions.dlq`` and the changed
-user and item vectors to their compacted topics.
+The agent reads ``interactions`` as raw bytes (``noack_take``: acks are ours to
+give), lets the core re-cut them into content-defined micro-batches and train,
+and writes what comes back: dead letters to ``interactions.dlq``, changed user
+and item vectors to their compacted topics, and tombstones for evicted rows.
+
+Every ``checkpoint_seconds`` it settles: flushes the producer (the vectors of
+every processed batch are then in Kafka), commits one RocksDB write batch with
+the changed rows and the offsets they reflect, and only then acks those records
+to faust, which commits them to Kafka. Kafka's committed offset therefore never
+passes the durable state; records between the two are skipped by offset on
+restart, so after a crash each record is applied exactly once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import faust
 
+from paramserver.stores import RowStore
+from stream.checkpoint import checkpoint_writes
 from stream.core import BatchOutput, RawRecord, WorkerCore
 from stream.metrics import WorkerMetrics
 from stream.schemas import InvalidEvent
 from stream.topics import Topics
-from stream.training import TrainConfig
+from stream.training import ITEMS, USERS, TrainConfig
 
 log = logging.getLogger("streambed.worker")
 
@@ -30,6 +41,11 @@ class WorkerConfig:
     topics: Topics = field(default_factory=Topics)
     batch_size: int = 256
     batch_ms: int = 50
+    idle_grace_ms: int = 500
+    checkpoint_seconds: float = 1.0
+    # how long the group waits for a member that died without leaving (kill -9) before
+    # handing its partitions to a restarted worker; faust's default is 60 s
+    session_timeout_s: float = 10.0
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def faust_settings(self) -> dict[str, object]:
@@ -45,17 +61,86 @@ class WorkerConfig:
             "producer_linger_ms": 5,
             "topic_partitions": self.topics.partitions,
             "topic_replication_factor": 1,
+            "broker_session_timeout": self.session_timeout_s,
+            "broker_heartbeat_interval": max(self.session_timeout_s / 4, 0.5),
         }
 
 
-def build_app(config: WorkerConfig, core: WorkerCore, metrics: WorkerMetrics) -> faust.App:
+class Settler:
+    """Checkpoints (when a store is given) and then acks the records the checkpoint covers."""
+
+    def __init__(
+        self,
+        core: WorkerCore,
+        store: RowStore | None,
+        topic: str,
+        metrics: WorkerMetrics,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.core, self.store, self.topic, self.metrics = core, store, topic, metrics
+        self.interval = interval if store is not None else 0.0
+        self.clock = clock
+        self.unacked: list[faust.EventT] = []
+        self._last = clock()
+
+    def due(self) -> bool:
+        return self.clock() - self._last >= self.interval
+
+    async def settle(self, stream: faust.StreamT, app: faust.App) -> None:
+        offsets = self.core.checkpoint_offsets()
+        if self.store is not None:
+            started = time.perf_counter()
+            await app.producer.flush()  # the vectors these offsets produced are in Kafka first
+            writes = checkpoint_writes(self.core, self.topic)
+            self.store.commit(writes)
+            self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+            self.metrics.checkpoint_writes.inc(len(writes))
+        self._last = self.clock()
+        keep = []
+        for event in self.unacked:
+            message = event.message
+            if message.offset < offsets.get(message.partition, 0):
+                await stream.ack(event)
+            else:
+                keep.append(event)
+        self.unacked = keep
+
+
+def build_app(
+    config: WorkerConfig,
+    core: WorkerCore,
+    metrics: WorkerMetrics,
+    store: RowStore | None = None,
+) -> faust.App:
     app = faust.App(config.app_id, **config.faust_settings())
     topics = config.topics
     interactions = app.topic(topics.interactions, key_type=bytes, value_type=bytes)
+    settler = Settler(core, store, topics.interactions, metrics, config.checkpoint_seconds)
+    lock = asyncio.Lock()  # the agent and the idle timer take turns with the core
+    live: dict[str, object] = {"stream": None, "delivered": time.monotonic()}
+
+    async def run(batches: list[list[RawRecord]]) -> None:
+        send = app.producer.send  # Topic.send's channel machinery costs ~0.4 ms a record
+        for batch in batches:
+            started = time.perf_counter()
+            out = process_safely(core, batch)
+            for letter in out.dead_letters:
+                await send(topics.dlq, None, letter.payload, None, None, None)
+            for rec in out.items:
+                await send(topics.item_vectors, rec.key.encode(), rec.encode(), None, None, None)
+            for rec in out.users:
+                await send(topics.user_vectors, rec.key.encode(), rec.encode(), None, None, None)
+            for kind, ids in ((topics.item_vectors, out.evicted_items),
+                              (topics.user_vectors, out.evicted_users)):  # fmt: skip
+                for key in ids:  # a tombstone: compaction forgets the id, replicas drop it
+                    await send(kind, key.encode(), None, None, None, None)
+            record_metrics(metrics, core, out, len(batch), time.perf_counter() - started)
 
     @app.agent(interactions)
     async def train(stream: faust.StreamT) -> None:  # pragma: no cover - exercised via Kafka
-        async for events in stream.take_events(config.batch_size, within=config.batch_ms / 1000):
+        live["stream"] = stream
+        async for events in stream.noack_take(config.batch_size, within=config.batch_ms / 1000):
             records = [
                 RawRecord(
                     value=e.value,
@@ -65,17 +150,27 @@ def build_app(config: WorkerConfig, core: WorkerCore, metrics: WorkerMetrics) ->
                 )
                 for e in events
             ]
-            started = time.perf_counter()
-            out = process_safely(core, records)
-            # straight to the producer: Topic.send's channel machinery costs ~0.4 ms a record
-            send = app.producer.send
-            for letter in out.dead_letters:
-                await send(topics.dlq, None, letter.payload, None, None, None)
-            for rec in out.items:
-                await send(topics.item_vectors, rec.key.encode(), rec.encode(), None, None, None)
-            for rec in out.users:
-                await send(topics.user_vectors, rec.key.encode(), rec.encode(), None, None, None)
-            record_metrics(metrics, core, out, len(records), time.perf_counter() - started)
+            async with lock:
+                live["delivered"] = time.monotonic()
+                batches, replayed = core.accept(records)
+                if replayed:
+                    metrics.replayed.inc(replayed)
+                settler.unacked.extend(events)
+                await run(batches)
+                if settler.due():
+                    await settler.settle(stream, app)
+
+    @app.timer(interval=max(config.idle_grace_ms / 2000, 0.05))
+    async def idle() -> None:  # pragma: no cover - exercised via Kafka
+        stream = live["stream"]
+        if stream is None:
+            return
+        async with lock:
+            quiet = time.monotonic() - float(live["delivered"]) >= config.idle_grace_ms / 1000
+            if quiet:
+                await run(core.batcher.flush_idle(int(time.time() * 1000), config.idle_grace_ms))
+            if settler.unacked and (quiet or settler.due()):
+                await settler.settle(stream, app)  # type: ignore[arg-type]
 
     return app
 
@@ -109,5 +204,9 @@ def record_metrics(
         metrics.event_age_seconds.observe(max(0.0, time.time() - out.oldest_event_ms / 1000))
     metrics.vectors_published.labels(kind="item").inc(len(out.items))
     metrics.vectors_published.labels(kind="user").inc(len(out.users))
-    metrics.rows.labels(table="users").set(len(core.trainer.users))
-    metrics.rows.labels(table="items").set(len(core.trainer.items))
+    if out.unadmitted:
+        metrics.unadmitted.inc(out.unadmitted)
+    metrics.evictions_published.labels(kind="item").inc(len(out.evicted_items))
+    metrics.evictions_published.labels(kind="user").inc(len(out.evicted_users))
+    metrics.rows.labels(table=USERS).set(core.trainer.ps.size(USERS))
+    metrics.rows.labels(table=ITEMS).set(core.trainer.ps.size(ITEMS))

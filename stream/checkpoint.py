@@ -47,7 +47,7 @@ class CheckpointError(RuntimeError):
 
 
 def _local_ps(core: WorkerCore) -> ParameterServer:
-    ps = core.trainer.ps
+    ps = getattr(core.trainer.ps, "inner", core.trainer.ps)  # under a metering wrapper
     if not isinstance(ps, ParameterServer):
         raise CheckpointError(
             "exactly-once checkpoints need the in-process parameter server; remote shards "

@@ -30,6 +30,11 @@ class WorkerMetrics:
     loss: Gauge
     vectors_published: Counter
     rows: Gauge
+    unadmitted: Counter
+    evictions_published: Counter
+    replayed: Counter
+    checkpoint_seconds: Histogram
+    checkpoint_writes: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "streambed_worker") -> WorkerMetrics:
@@ -51,4 +56,16 @@ class WorkerMetrics:
             vectors_published=Counter(f"{p}_vectors_published", "Vectors written", ["kind"],
                                       registry=r),
             rows=Gauge(f"{p}_ps_rows", "Rows in the parameter server", ["table"], registry=r),
+            unadmitted=Counter(f"{p}_unadmitted_events",
+                               "Events not trained on: user or item not yet admitted", registry=r),
+            evictions_published=Counter(f"{p}_evictions_published",
+                                        "Tombstones written for expired rows", ["kind"],
+                                        registry=r),
+            replayed=Counter(f"{p}_replayed_records",
+                             "Records skipped on restart: already in the checkpoint", registry=r),
+            checkpoint_seconds=Histogram(f"{p}_checkpoint_seconds",
+                                         "Producer flush + RocksDB write batch",
+                                         buckets=LATENCY_BUCKETS, registry=r),
+            checkpoint_writes=Counter(f"{p}_checkpoint_writes",
+                                      "Keys put or deleted by checkpoints", registry=r),
         )  # fmt: skip

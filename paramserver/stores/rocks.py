@@ -25,16 +25,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from paramserver.stores import WriteSet
 
 
 class RocksStore:
-    def __init__(self, path: str | Path, *, sync: bool = False) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path, *, sync: bool = False, read_only: bool = False) -> None:
+        """Open (creating) the store; ``read_only`` opens a snapshot beside a live writer."""
         self.path = str(path)
-        self._db = Rdict(self.path, Options(raw_mode=True))
+        if read_only:
+            if not Path(path, "CURRENT").exists():
+                raise FileNotFoundError(f"no RocksDB store at {path}")
+            access = AccessType.read_only()
+        else:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            access = AccessType.read_write()
+        self._db = Rdict(self.path, Options(raw_mode=True), access_type=access)
         self._write_options = WriteOptions()
         self._write_options.sync = sync
 

@@ -1,0 +1,133 @@
+"""Prometheus metrics of a parameter server (an edge module: the tables stay metric-free).
+
+:class:`MeteredPS` wraps any :class:`~paramserver.ps.ParamServerAPI` (in-process
+or remote), times every call and counts its rows; for an in-process server it
+also mirrors the tables' own counters (rows, admissions, evictions).
+
+Examples
+--------
+>>> import numpy as np
+>>> from prometheus_client import CollectorRegistry
+>>> from paramserver.config import TableConfig
+>>> from paramserver.ps import ParameterServer
+>>> reg = CollectorRegistry()
+>>> ps = MeteredPS(ParameterServer([TableConfig("items", dim=2)]), PSMetrics.create(reg))
+>>> _ = ps.admit("items", ["a", "b"], now=0.0)
+>>> _ = ps.pull("items", ["a", "zz"])
+>>> reg.get_sample_value("streambed_ps_rows_requested_total", {"op": "pull", "table": "items"})
+2.0
+>>> reg.get_sample_value("streambed_ps_admissions_total", {"table": "items"})
+2.0
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from paramserver.ps import ParameterServer, ParamServerAPI
+
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclass(frozen=True)
+class PSMetrics:
+    requests: Counter
+    rows_requested: Counter
+    request_seconds: Histogram
+    errors: Counter
+    rows: Gauge
+    admissions: Counter
+    evictions: Counter
+    checkpoint_seconds: Histogram
+    checkpoint_rows: Counter
+    _mirrored: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, prefix: str = "streambed_ps") -> PSMetrics:
+        r, p = registry, prefix
+        return cls(
+            requests=Counter(f"{p}_requests", "PS calls", ["op", "table"], registry=r),
+            rows_requested=Counter(f"{p}_rows_requested", "Ids in PS calls", ["op", "table"],
+                                   registry=r),
+            request_seconds=Histogram(f"{p}_request_seconds", "PS call latency", ["op"],
+                                      buckets=BUCKETS, registry=r),
+            errors=Counter(f"{p}_errors", "PS calls refused", ["op", "reason"], registry=r),
+            rows=Gauge(f"{p}_rows", "Rows held", ["table"], registry=r),
+            admissions=Counter(f"{p}_admissions", "Rows created after admission", ["table"],
+                               registry=r),
+            evictions=Counter(f"{p}_evictions", "Rows evicted (expiry or delete)", ["table"],
+                              registry=r),
+            checkpoint_seconds=Histogram(f"{p}_checkpoint_seconds", "Checkpoint duration",
+                                         buckets=BUCKETS + (2.5, 5.0, 10.0), registry=r),
+            checkpoint_rows=Counter(f"{p}_checkpoint_rows", "Rows written by checkpoints",
+                                    registry=r),
+        )  # fmt: skip
+
+    def mirror(self, ps: ParameterServer) -> None:
+        """Bring rows/admissions/evictions up to date with the tables' own counters."""
+        for name, table in ps.tables.items():
+            self.rows.labels(table=name).set(len(table))
+            for kind, counter, total in (("a", self.admissions, table.stats.admissions),
+                                         ("e", self.evictions, table.stats.evictions)):  # fmt: skip
+                seen = self._mirrored.get((kind, name), 0)
+                if total > seen:  # counters only go up: add the gap
+                    counter.labels(table=name).inc(total - seen)
+                    self._mirrored[(kind, name)] = total
+
+
+class MeteredPS:
+    """A :class:`ParamServerAPI` that records every call's count, rows, latency and refusal."""
+
+    def __init__(
+        self,
+        inner: ParamServerAPI,
+        metrics: PSMetrics,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.inner = inner
+        self.metrics = metrics
+        self.clock = clock
+
+    def _call(self, op: str, table: str, n: int, fn: Callable[[], Any]) -> Any:
+        started = self.clock()
+        try:
+            result = fn()
+        except (ValueError, KeyError, TypeError) as err:
+            self.metrics.errors.labels(op=op, reason=type(err).__name__).inc()
+            raise
+        self.metrics.request_seconds.labels(op=op).observe(self.clock() - started)
+        self.metrics.requests.labels(op=op, table=table).inc()
+        self.metrics.rows_requested.labels(op=op, table=table).inc(n)
+        if isinstance(self.inner, ParameterServer) and op in ("admit", "expire"):
+            self.metrics.mirror(self.inner)
+        return result
+
+    def dim(self, table: str) -> int:
+        return self.inner.dim(table)
+
+    def size(self, table: str) -> int:
+        return self.inner.size(table)
+
+    def pull(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self._call("pull", table, len(ids), lambda: self.inner.pull(table, ids))
+
+    def admit(self, table: str, ids: Sequence[str], *, now: float) -> np.ndarray:
+        return self._call("admit", table, len(ids), lambda: self.inner.admit(table, ids, now=now))
+
+    def push(self, table: str, ids: Sequence[str], grads: np.ndarray, *, now: float) -> None:
+        self._call("push", table, len(ids), lambda: self.inner.push(table, ids, grads, now=now))
+
+    def meta(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self._call("meta", table, len(ids), lambda: self.inner.meta(table, ids))
+
+    def sample(self, table: str, n: int, *, seed: int) -> list[str]:
+        return self._call("sample", table, n, lambda: self.inner.sample(table, n, seed=seed))
+
+    def expire(self, *, now: float) -> dict[str, list[str]]:
+        return self._call("expire", "*", 0, lambda: self.inner.expire(now=now))
