@@ -217,6 +217,10 @@ def test_kill_9_mid_stream_leaves_the_tables_of_an_uninterrupted_run(
     assert users["high"] > len(users["keys"])  # type: ignore[index]  # expiry freed slots
     # the kills landed mid-stream: work past a checkpoint was lost and done again, not twice
     assert redone > 0, "no kill landed between checkpoints; the test proved nothing"
-    print(f"{len(records)} records; {redone:.0f} processed past a checkpoint before a kill "
-          f"and redone; killed run {crash_seconds:.0f} s, steady run "
-          f"{time.monotonic() - began - crash_seconds:.0f} s; rows users={len(users['keys'])} items={len(items['keys'])}")  # type: ignore[index]  # fmt: skip
+    n_users, n_items = len(users["keys"]), len(items["keys"])  # type: ignore[index]
+    steady_seconds = time.monotonic() - began - crash_seconds
+    print(
+        f"{len(records)} records; {redone:.0f} processed past a checkpoint before a kill and "
+        f"redone; killed run {crash_seconds:.0f} s, steady run {steady_seconds:.0f} s; "
+        f"rows users={n_users} items={n_items}"
+    )
