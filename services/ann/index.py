@@ -17,6 +17,10 @@ Examples
 ['c', 'b']
 >>> len(index), index.capacity >= 3
 (3, True)
+>>> index.remove(["c"]), "c" in index, len(index)            # an evicted item
+(1, False, 2)
+>>> [item for item, _ in index.search(np.array([1.0, 0.1], dtype=np.float32), k=3)]
+['b', 'a']
 """
 
 from __future__ import annotations
@@ -51,13 +55,15 @@ class AnnIndex:
         self._index.set_ef(ef)
         self._label: dict[str, int] = {}
         self._ids: list[str] = []
+        self._deleted: set[int] = set()  # labels of removed ids; re-adding one revives it
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._ids) - len(self._deleted)
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self._label
+        label = self._label.get(item_id)  # type: ignore[arg-type]
+        return label is not None and label not in self._deleted
 
     @property
     def capacity(self) -> int:
@@ -75,13 +81,29 @@ class AnnIndex:
                 labels[n] = label
             if len(self._ids) > self.capacity:
                 self._index.resize_index(max(len(self._ids), 2 * self.capacity))
+            for label in labels.tolist():
+                if label in self._deleted:
+                    self._index.unmark_deleted(label)
+                    self._deleted.discard(label)
             # one thread: concurrent adds of an existing label are not safe in hnswlib
             self._index.add_items(vectors, labels, num_threads=1)
+
+    def remove(self, ids: Sequence[str]) -> int:
+        """Drop ids from search results (hnswlib ``mark_deleted``); returns how many were live."""
+        removed = 0
+        with self._lock:
+            for item_id in ids:
+                label = self._label.get(item_id)
+                if label is not None and label not in self._deleted:
+                    self._index.mark_deleted(label)
+                    self._deleted.add(label)
+                    removed += 1
+        return removed
 
     def vector(self, item_id: str) -> np.ndarray | None:
         with self._lock:
             label = self._label.get(item_id)
-            if label is None:
+            if label is None or label in self._deleted:
                 return None
             return np.asarray(self._index.get_items([label])[0], dtype=np.float32)
 
@@ -90,7 +112,7 @@ class AnnIndex:
     ) -> list[tuple[str, float]]:
         """Top-``k`` ids with scores (higher is closer: ``1 - distance``), ``exclude`` left out."""
         with self._lock:
-            n = len(self._ids)
+            n = len(self._ids) - len(self._deleted)
             if n == 0 or k <= 0:
                 return []
             want = min(n, k + len(exclude))

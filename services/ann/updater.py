@@ -88,11 +88,31 @@ class VectorTailer(threading.Thread):
         return []
 
     def _apply(self, topic: str, records: list) -> None:  # type: ignore[type-arg]
+        """Apply records in order: runs of vectors in bulk, tombstones (evictions) between them."""
+        run: list = []  # type: ignore[type-arg]
+        for rec in records:
+            if rec.value is not None:
+                run.append(rec)
+                continue
+            self._apply_vectors(topic, run)
+            run = []
+            key = rec.key.decode("utf-8", "replace") if rec.key else ""
+            if topic == self.topics.item_vectors:
+                self.state.remove_items([key])
+                self.metrics.index_items.set(len(self.state.index))
+            else:
+                self.state.remove_users([key])
+                self.metrics.users.set(self.state.users)
+            self.metrics.evictions_applied.labels(kind=self._kind(topic)).inc()
+        self._apply_vectors(topic, run)
+
+    def _kind(self, topic: str) -> str:
+        return "item" if topic == self.topics.item_vectors else "user"
+
+    def _apply_vectors(self, topic: str, records: list) -> None:  # type: ignore[type-arg]
         decoded: list[VectorRecord] = []
         dim = self.state.index.dim
         for rec in records:
-            if rec.value is None:
-                continue  # tombstones (evictions) are handled once the PS publishes them
             try:
                 vector = VectorRecord.decode(rec.value)
             except (ValueError, KeyError, TypeError):

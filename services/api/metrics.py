@@ -15,6 +15,7 @@ class ServingMetrics:
     freshness_seconds: Histogram
     vectors_applied: Counter
     bad_vectors: Counter
+    evictions_applied: Counter
     index_items: Gauge
     users: Gauge
     request_seconds: Histogram
@@ -29,6 +30,9 @@ class ServingMetrics:
                 ["kind"], buckets=FRESHNESS_BUCKETS, registry=r),
             vectors_applied=Counter(f"{p}_vectors_applied", "Vector records applied", ["kind"],
                                     registry=r),
+            evictions_applied=Counter(f"{p}_evictions_applied",
+                                      "Tombstones applied: evicted ids dropped", ["kind"],
+                                      registry=r),
             bad_vectors=Counter(f"{p}_bad_vector_records", "Undecodable vector records skipped",
                                 registry=r),
             index_items=Gauge(f"{p}_index_items", "Items in the ANN index", registry=r),

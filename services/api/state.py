@@ -63,6 +63,18 @@ class ServingState:
                 self._users[r.key] = r.vector
         return self._fresh(records, now_ms)
 
+    def remove_items(self, keys: Sequence[str]) -> int:
+        """Evicted items leave the index (a tombstone on ``item-vectors``)."""
+        with self._lock:
+            for key in keys:
+                self._item_updates.pop(key, None)
+        return self.index.remove(keys)
+
+    def remove_users(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._users.pop(key, None)
+
     def _fresh(self, records: Sequence[VectorRecord], now_ms: int) -> list[float]:
         ages = [max(0, now_ms - r.event_ms) / 1000 for r in records if r.event_ms > 0]
         self.freshness.extend((now_ms / 1000, age) for age in ages)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from paramserver.checkpoint import FILTER, decode_table
 from paramserver.stores.rocks import RocksStore
@@ -129,6 +130,26 @@ class Worker:
             time.sleep(0.25)
 
 
+def latest_per_key(bootstrap: str, topic: str) -> dict[str, bytes | None]:
+    """The last value of every key on a topic (None: a tombstone), read to its end."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        latest: dict[str, bytes | None] = {}
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            assert time.monotonic() < deadline, "could not read the vector topic to its end"
+            for records in consumer.poll(timeout_ms=500).values():
+                for rec in records:
+                    latest[rec.key.decode()] = rec.value
+        return latest
+    finally:
+        consumer.close()
+
+
 def durable_state(db: Path) -> dict[str, object]:
     """Everything the checkpoint holds, decoded, for an exact comparison."""
     store = RocksStore(db, read_only=True)
@@ -215,6 +236,10 @@ def test_kill_9_mid_stream_leaves_the_tables_of_an_uninterrupted_run(
     assert len(users["keys"]) > 20 and len(items["keys"]) > 50  # type: ignore[index]
     assert a["filter-items"] is not None  # admission was on and is part of the state
     assert users["high"] > len(users["keys"])  # type: ignore[index]  # expiry freed slots
+    # evictions were published: ids whose last record is a tombstone have no row
+    latest = latest_per_key(kafka_bootstrap, topics.item_vectors)
+    evicted = {key for key, value in latest.items() if value is None}
+    assert evicted and not evicted & set(items["strings"])  # type: ignore[index]
     # the kills landed mid-stream: work past a checkpoint was lost and done again, not twice
     assert redone > 0, "no kill landed between checkpoints; the test proved nothing"
     n_users, n_items = len(users["keys"]), len(items["keys"])  # type: ignore[index]

@@ -97,11 +97,39 @@ def test_the_tailer_skips_bad_vector_records_and_applies_the_rest() -> None:
     good = VectorRecord("ok", np.array([1, 0], dtype=np.float32), 1, 0).encode()
     wrong_dim = VectorRecord("bad", np.ones(3, dtype=np.float32), 1, 0).encode()
     nan = VectorRecord("nan", np.array([np.nan, 0], dtype=np.float32), 1, 0).encode()
-    records = [SimpleNamespace(value=v, offset=n)
+    records = [SimpleNamespace(key=b"k", value=v, offset=n)
                for n, v in enumerate([b"garbage", wrong_dim, nan, None, good])]  # fmt: skip
     tailer._apply(Topics().item_vectors, records)
     assert len(state.index) == 1 and "ok" in state.index
     assert registry.get_sample_value("streambed_api_bad_vector_records_total") == 3.0
+
+
+def test_the_tailer_applies_tombstones_in_order_with_the_vectors_around_them() -> None:
+    from types import SimpleNamespace
+
+    from services.ann.updater import VectorTailer
+    from services.api.state import ServingState
+
+    registry = CollectorRegistry()
+    state = ServingState(dim=2)
+    tailer = VectorTailer("127.0.0.1:1", Topics(), state, ServingMetrics.create(registry))
+    vec = VectorRecord("a", np.array([1, 0], dtype=np.float32), 1, 0).encode()
+    other = VectorRecord("b", np.array([0, 1], dtype=np.float32), 1, 0).encode()
+
+    def recs(*pairs: tuple[bytes, bytes | None]) -> list[SimpleNamespace]:
+        return [SimpleNamespace(key=k, value=v, offset=n) for n, (k, v) in enumerate(pairs)]
+
+    tailer._apply(Topics().item_vectors, recs((b"a", vec), (b"b", other), (b"a", None)))
+    assert "a" not in state.index and "b" in state.index and len(state.index) == 1
+    tailer._apply(Topics().item_vectors, recs((b"b", None), (b"b", other)))  # evicted, back
+    assert "b" in state.index
+    assert [i for i, _ in state.index.search(np.array([1.0, 1.0], dtype=np.float32), 5)] == ["b"]
+    state.apply_users([VectorRecord("u", np.ones(2, dtype=np.float32), 1, 0)], 0)
+    tailer._apply(Topics().user_vectors, recs((b"u", None)))
+    assert state.user_vector("u") is None
+    kinds = {"kind": "item"}, {"kind": "user"}
+    got = [registry.get_sample_value("streambed_api_evictions_applied_total", k) for k in kinds]
+    assert got == [2.0, 1.0]
 
 
 def test_cluster_ids_never_look_like_an_option() -> None:
