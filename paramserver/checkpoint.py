@@ -32,6 +32,9 @@ True
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 
 from paramserver.ps import ParameterServer, TableDelta
@@ -107,3 +110,43 @@ def load_tables(ps: ParameterServer, store: RowStore) -> None:
     """Restore every table of ``ps`` from ``store``."""
     for name in ps.tables:
         ps.restore(decode_table(ps, name, store))
+
+
+def checkpoint(ps: ParameterServer, store: RowStore, extra: WriteSet | None = None) -> int:
+    """Write every table's changes (plus ``extra``) in one atomic commit; rows written."""
+    writes = extra if extra is not None else WriteSet()
+    rows = 0
+    for delta in ps.drain():
+        encode_delta(delta, writes)
+        rows += len(delta.changes)
+    store.commit(writes)
+    return rows
+
+
+class PeriodicCheckpoint:
+    """Call after each change; checkpoints when ``every_s`` seconds have passed (a PS shard)."""
+
+    def __init__(
+        self,
+        ps: ParameterServer,
+        store: RowStore,
+        every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.ps, self.store, self.every_s, self.clock, self.observe = (
+            ps,
+            store,
+            every_s,
+            clock,
+            observe,
+        )
+        self._last = clock()
+
+    def __call__(self, force: bool = False) -> None:
+        if force or self.clock() - self._last >= self.every_s:
+            started = time.perf_counter()
+            rows = checkpoint(self.ps, self.store)
+            self._last = self.clock()
+            if self.observe:
+                self.observe(rows, time.perf_counter() - started)

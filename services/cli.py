@@ -141,6 +141,68 @@ def _restore_worker(args: argparse.Namespace, core, topic: str):  # type: ignore
     return store
 
 
+def cmd_ps_shard(args: argparse.Namespace) -> int:
+    """One parameter-server shard process (gRPC), optionally durable in RocksDB."""
+    import signal
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from paramserver.checkpoint import PeriodicCheckpoint, load_tables
+    from paramserver.metrics import PSMetrics
+    from paramserver.ps import ParameterServer
+    from paramserver.remote import ShardServer
+    from stream.training import TrainConfig
+
+    train = TrainConfig(
+        dim=args.dim, lr=args.lr, optimizer=args.optimizer, min_count=args.min_count,
+        ttl_seconds=args.ttl_seconds, seed=args.seed,
+    )  # fmt: skip
+    ps = ParameterServer(train.tables())
+    registry = CollectorRegistry()
+    metrics = PSMetrics.create(registry)
+
+    def observe(op: str, table: str, n: int, seconds: float, error: str | None) -> None:
+        if error:
+            metrics.errors.labels(op=op, reason=error).inc()
+            return
+        metrics.requests.labels(op=op, table=table).inc()
+        metrics.rows_requested.labels(op=op, table=table).inc(n)
+        metrics.request_seconds.labels(op=op).observe(seconds)
+        if op in ("admit", "expire"):
+            metrics.mirror(ps)
+
+    store, on_change = None, None
+    if args.state_dir:
+        from paramserver.stores.rocks import RocksStore
+
+        store = RocksStore(Path(args.state_dir))
+        load_tables(ps, store)
+        metrics.mirror(ps)
+        print(f"ps-shard: {args.state_dir}: {ps.size('users')} users, {ps.size('items')} items",
+              file=sys.stderr)  # fmt: skip
+
+        def checkpointed(rows: int, seconds: float) -> None:
+            metrics.checkpoint_seconds.observe(seconds)
+            metrics.checkpoint_rows.inc(rows)
+
+        on_change = PeriodicCheckpoint(ps, store, args.checkpoint_seconds, observe=checkpointed)
+    server = ShardServer(ps, host=args.host, port=args.port, on_change=on_change, observe=observe)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.host, registry=registry)
+    server.start()
+    print(f"ps-shard: serving on {server.address}", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    finally:
+        if store is not None and on_change is not None:
+            on_change(True)
+            store.close()
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
     from prometheus_client import CollectorRegistry
@@ -278,6 +340,24 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument("--host", default="127.0.0.1", help="address of the /metrics endpoint")
     w.add_argument("--metrics-port", type=int, default=0, help="serve /metrics (0: off)")
     w.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("ps-shard", help="serve one parameter-server shard over gRPC")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--dim", type=int, default=32)
+    s.add_argument("--lr", type=float, default=0.2)
+    s.add_argument(
+        "--optimizer",
+        default="rowwise_adagrad",
+        choices=["sgd", "adagrad", "rowwise_adagrad", "ftrl"],
+    )
+    s.add_argument("--min-count", type=int, default=1)
+    s.add_argument("--ttl-seconds", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--state-dir", default="", help="RocksDB directory ('' : not durable)")
+    s.add_argument("--checkpoint-seconds", type=float, default=1.0)
+    s.add_argument("--metrics-port", type=int, default=0, help="serve /metrics (0: off)")
+    s.set_defaults(func=cmd_ps_shard)
 
     a = sub.add_parser("api", help="run a retrieval API replica")
     kafka_args(a)
