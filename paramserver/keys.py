@@ -151,41 +151,28 @@ class KeyMap:
     def __init__(self, hasher: Callable[[str, int], int] = string_key) -> None:
         self._hash = hasher
         self._string: dict[int, str] = {}
-        self._salted: dict[str, int] = {}  # the rare strings whose plain hash was taken
+        self._key: dict[str, int] = {}  # the same objects: a lookup costs no hashing
+        self.collisions = 0  # strings that were given a salted key
 
     def __len__(self) -> int:
         return len(self._string)
 
-    @property
-    def collisions(self) -> int:
-        return len(self._salted)
-
-    def _key(self, value: str) -> int | None:
-        key = self._salted.get(value)
-        if key is not None:
-            return key
-        key = self._hash(value, 0)
-        return key if self._string.get(key) == value else None
-
     def find(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Keys of known ids (0 where unknown) and the known mask, in input order."""
-        keys = np.zeros(len(ids), dtype=np.uint64)
-        known = np.zeros(len(ids), dtype=bool)
-        for i, value in enumerate(ids):
-            key = self._key(value)
-            if key is not None:
-                keys[i], known[i] = key, True
+        get = self._key.get
+        found = [get(value) for value in ids]
+        known = np.fromiter((k is not None for k in found), dtype=bool, count=len(found))
+        keys = np.fromiter((k or 0 for k in found), dtype=np.uint64, count=len(found))
         return keys, known
 
     def assign(self, ids: Sequence[str]) -> np.ndarray:
         """Keys for ``ids``, giving unknown ids a fresh key no other string has."""
-        keys = np.empty(len(ids), dtype=np.uint64)
-        for i, value in enumerate(ids):
-            key = self._key(value)
+        get = self._key.get
+        keys = [get(value) for value in ids]
+        for i, key in enumerate(keys):
             if key is None:
-                key = self._place(value)
-            keys[i] = key
-        return keys
+                keys[i] = self._key.get(ids[i]) or self._place(ids[i])
+        return np.array(keys, dtype=np.uint64)
 
     def _place(self, value: str) -> int:
         salt = 0
@@ -194,23 +181,27 @@ class KeyMap:
             if key not in self._string:
                 break
             salt += 1
-        self._string[key] = value
-        if salt:
-            self._salted[value] = key
+        self._register(key, value)
         return key
+
+    def _register(self, key: int, value: str) -> None:
+        self._string[key] = value
+        self._key[value] = key
+        if self._hash(value, 0) != key:
+            self.collisions += 1
 
     def restore(self, key: int, value: str) -> None:
         """Re-register a (key, string) pair read back from a checkpoint."""
-        self._string[key] = value
-        if self._hash(value, 0) != key:
-            self._salted[value] = key
+        self._register(int(key), value)
 
     def forget(self, keys: Iterable[int]) -> list[str]:
         """Drop keys (evicted rows); returns their strings."""
         out = []
         for key in keys:
             value = self._string.pop(int(key))
-            self._salted.pop(value, None)
+            del self._key[value]
+            if self._hash(value, 0) != int(key):
+                self.collisions -= 1
             out.append(value)
         return out
 
@@ -218,4 +209,5 @@ class KeyMap:
         return self._string[int(key)]
 
     def strings_of(self, keys: Iterable[int]) -> list[str]:
-        return [self._string[int(k)] for k in keys]
+        string = self._string
+        return [string[int(k)] for k in keys]

@@ -28,12 +28,12 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
@@ -50,16 +50,10 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 
 def shard_of(ids: Sequence[str], shards: int) -> np.ndarray:
-    """A stable shard per id (blake2b, independent of the in-table key hash)."""
-    return np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8, person=b"shard").digest(),
-                           "little") % shards
-            for i in ids
-        ),
-        dtype=np.int64,
-        count=len(ids),
-    )  # fmt: skip
+    """A stable shard per id: CRC-32 of its UTF-8 bytes (the same in every process and run;
+    independent of the in-table key hash; ~8x cheaper than blake2b from Python)."""
+    crc = zlib.crc32
+    return np.fromiter((crc(i.encode()) for i in ids), dtype=np.int64, count=len(ids)) % shards
 
 
 def encode_frame(header: dict[str, Any], *arrays: np.ndarray) -> bytes:

@@ -142,8 +142,11 @@ class EmbeddingTable:
         """Vectors for ``keys`` in input order (zeros where missing) and the hit mask. A read."""
         slots = self._slots(np.asarray(keys, dtype=np.uint64))
         hit = slots >= 0
-        out = np.zeros((len(slots), self.dim), dtype=np.float32)
-        out[hit] = self._rows[slots[hit]]
+        if hit.all():
+            out = self._rows[slots]
+        else:
+            out = np.zeros((len(slots), self.dim), dtype=np.float32)
+            out[hit] = self._rows[slots[hit]]
         self.stats.pulls += 1
         self.stats.pulled_rows += len(slots)
         return out, hit
