@@ -98,7 +98,9 @@ class RowwiseAdagrad:
 
     lr: float = 0.05
     eps: float = 1e-8
-    initial_accumulator: float = 0.0
+    # > 0 damps a fresh row's first steps: with 0 the first update moves every coordinate
+    # by ~lr whatever the gradient's size (the online pipeline test caught that)
+    initial_accumulator: float = 0.1
     name: str = "rowwise_adagrad"
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ Examples
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import struct
@@ -46,6 +47,7 @@ from paramserver.ps import ParameterServer
 log = logging.getLogger("streambed.ps.remote")
 
 METHOD = "/streambed.ParamServer/Call"
+TOKEN_HEADER = "x-streambed-token"  # every call carries it when the shard has a token
 MAX_MESSAGE = 64 * 1024 * 1024
 
 
@@ -101,8 +103,10 @@ class ShardServer:
         workers: int = 4,
         on_change: Callable[[bool], None] | None = None,
         observe: Callable[[str, str, int, float, str | None], None] | None = None,
+        token: str | None = None,
     ) -> None:
         self.ps = ps
+        self._token = token.encode() if token else None
         self._lock = threading.Lock()
         self._on_change = on_change
         self._observe = observe
@@ -130,6 +134,12 @@ class ShardServer:
     def _call(self, frame: bytes, context: grpc.ServicerContext) -> bytes:
         started = time.perf_counter()
         op, table, n, error = "?", "?", 0, None
+        if self._token is not None:
+            sent = dict(context.invocation_metadata()).get(TOKEN_HEADER, "")
+            if not hmac.compare_digest(str(sent).encode(), self._token):
+                if self._observe:
+                    self._observe(op, table, n, time.perf_counter() - started, "unauthenticated")
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong PS token")
         try:
             header, body = decode_frame(frame)
             op, table = str(header.get("op")), str(header.get("table", "*"))
@@ -183,11 +193,14 @@ class RemoteError(ValueError):
 class RemotePS:
     """A :class:`~paramserver.ps.ParamServerAPI` over N shard processes, ids split by hash."""
 
-    def __init__(self, addresses: Sequence[str], *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, addresses: Sequence[str], *, timeout: float = 30.0, token: str | None = None
+    ) -> None:
         if not addresses:
             raise ValueError("RemotePS needs at least one shard address")
         self.addresses = list(addresses)
         self.timeout = timeout
+        self._metadata = ((TOKEN_HEADER, token),) if token else None
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE)]  # fmt: skip
         self._channels = [grpc.insecure_channel(a, options=opts) for a in self.addresses]
@@ -203,7 +216,8 @@ class RemotePS:
 
     def _ask(self, requests: dict[int, bytes]) -> dict[int, tuple[dict[str, Any], memoryview]]:
         pending = {
-            s: self._calls[s].future(req, timeout=self.timeout) for s, req in requests.items()
+            s: self._calls[s].future(req, timeout=self.timeout, metadata=self._metadata)
+            for s, req in requests.items()
         }
         out = {}
         for shard, fut in pending.items():
@@ -212,6 +226,8 @@ class RemotePS:
             except grpc.RpcError as err:
                 code = err.code()  # type: ignore[attr-defined]
                 detail = err.details()  # type: ignore[attr-defined]
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    raise PermissionError(f"PS shard {self.addresses[shard]}: {detail}") from None
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     kind, _, message = (detail or "").partition(": ")
                     raise (KeyError if kind == "KeyError" else ValueError)(message) from None

@@ -110,7 +110,8 @@ def _worker_ps(args: argparse.Namespace, train, registry):  # type: ignore[no-un
     if args.ps_shards:
         from paramserver.remote import RemotePS
 
-        inner = RemotePS([a.strip() for a in args.ps_shards.split(",") if a.strip()])
+        addresses = [a.strip() for a in args.ps_shards.split(",") if a.strip()]
+        inner = RemotePS(addresses, token=args.ps_token or None)
     else:
         inner = ParameterServer(train.tables())
     return MeteredPS(inner, PSMetrics.create(registry))
@@ -186,7 +187,12 @@ def cmd_ps_shard(args: argparse.Namespace) -> int:
             metrics.checkpoint_rows.inc(rows)
 
         on_change = PeriodicCheckpoint(ps, store, args.checkpoint_seconds, observe=checkpointed)
-    server = ShardServer(ps, host=args.host, port=args.port, on_change=on_change, observe=observe)
+    if not args.ps_token and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("ps-shard: refusing to serve beyond loopback without a token "
+              "(set STREAMBED_PS_TOKEN)", file=sys.stderr)  # fmt: skip
+        return 2
+    server = ShardServer(ps, host=args.host, port=args.port, on_change=on_change,
+                         observe=observe, token=args.ps_token or None)  # fmt: skip
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.host, registry=registry)
     server.start()
@@ -269,6 +275,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentParser:
     bootstrap = env.get("STREAMBED_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+    ps_token = env.get("STREAMBED_PS_TOKEN", "")  # a secret: from the environment, never argv
     parser = argparse.ArgumentParser(prog="streambed", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -339,7 +346,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="plain asyncio loop")
     w.add_argument("--host", default="127.0.0.1", help="address of the /metrics endpoint")
     w.add_argument("--metrics-port", type=int, default=0, help="serve /metrics (0: off)")
-    w.set_defaults(func=cmd_worker)
+    w.set_defaults(func=cmd_worker, ps_token=ps_token)
 
     s = sub.add_parser("ps-shard", help="serve one parameter-server shard over gRPC")
     s.add_argument("--host", default="127.0.0.1")
@@ -357,7 +364,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     s.add_argument("--state-dir", default="", help="RocksDB directory ('' : not durable)")
     s.add_argument("--checkpoint-seconds", type=float, default=1.0)
     s.add_argument("--metrics-port", type=int, default=0, help="serve /metrics (0: off)")
-    s.set_defaults(func=cmd_ps_shard)
+    s.set_defaults(func=cmd_ps_shard, ps_token=ps_token)
 
     a = sub.add_parser("api", help="run a retrieval API replica")
     kafka_args(a)

@@ -131,6 +131,28 @@ def test_bad_requests_get_clear_errors_and_leave_the_tables_alone(shards: list[S
         remote.close()
 
 
+def test_a_shard_with_a_token_refuses_calls_without_it() -> None:
+    from paramserver.remote import ShardServer
+
+    server = ShardServer(ParameterServer(TRAIN.tables()), token="s3cret")
+    server.start()
+    try:
+        anonymous = RemotePS([server.address])
+        with pytest.raises(PermissionError, match="token"):
+            anonymous.admit("items", ["a"], now=0)
+        anonymous.close()
+        wrong = RemotePS([server.address], token="guess")
+        with pytest.raises(PermissionError):
+            wrong.size("items")
+        wrong.close()
+        assert server.ps.size("items") == 0
+        trusted = RemotePS([server.address], token="s3cret")
+        assert trusted.admit("items", ["a"], now=0).tolist() == [True]
+        trusted.close()
+    finally:
+        server.stop()
+
+
 def test_a_shard_killed_with_sigkill_restarts_from_its_last_checkpoint(
     shards: list[Shard],
 ) -> None:
