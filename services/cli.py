@@ -137,6 +137,13 @@ def _restore_worker(args: argparse.Namespace, core, topic: str):  # type: ignore
         raise
     if offsets is None:
         print(f"worker: no checkpoint in {path}; starting fresh", file=sys.stderr)
+        return store
+    from services.kafka.topics import checkpoint_mismatch
+
+    problem = checkpoint_mismatch(args.bootstrap, topic, offsets)
+    if problem:
+        store.close()
+        raise SystemExit(f"worker: {path}: {problem}. Point --state-dir elsewhere or remove it.")
     else:
         print(f"worker: restored {path}, resuming {topic} at {offsets}", file=sys.stderr)
     return store

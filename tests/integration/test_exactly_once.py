@@ -250,3 +250,19 @@ def test_kill_9_mid_stream_leaves_the_tables_of_an_uninterrupted_run(
         f"redone; killed run {crash_seconds:.0f} s, steady run {steady_seconds:.0f} s; "
         f"rows users={n_users} items={n_items}"
     )
+
+
+def test_a_checkpoint_ahead_of_its_topic_is_refused(kafka_bootstrap: str) -> None:
+    from services.kafka.topics import checkpoint_mismatch
+
+    topics = Topics.with_prefix(f"m{uuid.uuid4().hex[:8]}-", partitions=1)
+    ensure_topics(kafka_bootstrap, topics)
+    with EventProducer(kafka_bootstrap, topics) as producer:
+        for n in range(5):
+            producer.send_raw(b"x%d" % n)
+    assert checkpoint_mismatch(kafka_bootstrap, topics.interactions, {0: 5}) is None
+    ahead = checkpoint_mismatch(kafka_bootstrap, topics.interactions, {0: 9})
+    assert ahead and "recreated" in ahead and "checkpoint 9 > end 5" in ahead
+    extra = checkpoint_mismatch(kafka_bootstrap, topics.interactions, {0: 1, 3: 1})
+    assert extra and "[3]" in extra
+    assert checkpoint_mismatch(kafka_bootstrap, "no-such-topic-" + uuid.uuid4().hex, {0: 1}) is None
