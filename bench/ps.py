@@ -38,7 +38,7 @@ from paramserver.checkpoint import checkpoint, load_tables
 from paramserver.config import TableConfig
 from paramserver.keys import KeyMap
 from paramserver.optim import RowwiseAdagrad
-from paramserver.ps import ParameterServer
+from paramserver.ps import ParameterServer, ParamServerAPI
 from paramserver.stores.rocks import RocksStore
 from paramserver.table import EmbeddingTable
 
@@ -104,6 +104,20 @@ def torch_rate(batches: list[np.ndarray], grads: np.ndarray, rows: int, dim: int
     return steps * len(batches[0]) / elapsed
 
 
+def string_rate(ps: ParamServerAPI, batches: list[list[str]], grads: np.ndarray,
+                seconds: float) -> float:  # fmt: skip
+    """Row updates/s of pull + push through a string-id PS (rows admitted first)."""
+    for b in batches:
+        ps.admit("items", b, now=0.0)
+
+    def step(i: int) -> None:
+        ps.pull("items", batches[i])
+        ps.push("items", batches[i], grads, now=1.0)
+
+    elapsed, steps = timed(step, len(batches), seconds)
+    return steps * len(batches[0]) / elapsed
+
+
 def start_shards(n: int, dim: int) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
     from services.kafka.broker import free_port
 
@@ -159,15 +173,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ps = ParameterServer([TableConfig("items", dim=dim, initial_capacity=rows)])
     string_batches = [[f"item-{int(k)}" for k in b] for b in batches]
-    for b in string_batches:
-        ps.admit("items", b, now=0.0)
-
-    def ours_strings(i: int) -> None:
-        ps.pull("items", string_batches[i])
-        ps.push("items", string_batches[i], grads, now=1.0)
-
-    elapsed, steps = timed(ours_strings, len(batches), args.seconds)
-    results["inprocess_string_ids_rows_per_s"] = steps * batch / elapsed
+    results["inprocess_string_ids_rows_per_s"] = string_rate(
+        ps, string_batches, grads, args.seconds
+    )
 
     results["torch_adagrad_rows_per_s"] = torch_rate(batches, grads, rows, dim, "adagrad",
                                                      args.seconds)  # fmt: skip
@@ -180,15 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         remote = RemotePS(addresses)
         remote_batches = [[f"item-{int(k) % args.remote_rows}" for k in b] for b in batches]
-        for b in remote_batches:
-            remote.admit("items", b, now=0.0)
-
-        def through_shards(i: int) -> None:
-            remote.pull("items", remote_batches[i])
-            remote.push("items", remote_batches[i], grads, now=1.0)
-
-        elapsed, steps = timed(through_shards, len(batches), args.seconds)
-        results["remote_2_shards_rows_per_s"] = steps * batch / elapsed
+        results["remote_2_shards_rows_per_s"] = string_rate(remote, remote_batches, grads,
+                                                            args.seconds)  # fmt: skip
         remote.close()
     finally:
         for proc in procs:

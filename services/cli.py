@@ -294,6 +294,17 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
         p.add_argument("--topic-prefix", default="", help="namespace for all topic names")
         p.add_argument("--partitions", type=int, default=4)
 
+    def table_args(p: argparse.ArgumentParser) -> None:
+        """What the embedding tables are: the worker's and every PS shard's must agree."""
+        p.add_argument("--dim", type=int, default=32)
+        p.add_argument("--lr", type=float, default=0.2)
+        p.add_argument("--optimizer", default="rowwise_adagrad",
+                       choices=["sgd", "adagrad", "rowwise_adagrad", "ftrl"])  # fmt: skip
+        p.add_argument("--min-count", type=int, default=1,
+                       help="sightings before an id gets a row (admission)")  # fmt: skip
+        p.add_argument("--ttl-seconds", type=float, default=None,
+                       help="evict rows idle this long in event time (default: never)")  # fmt: skip
+
     k = sub.add_parser("kafka", help="local Apache Kafka broker (KRaft)")
     k.add_argument("action", choices=["install", "up", "down", "status"])
     k.add_argument("--data-dir", default=str(STATE_DIR / "kafka"))
@@ -311,23 +322,8 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument("--app-id", default="streambed-worker")
     w.add_argument("--batch-size", type=int, default=256)
     w.add_argument("--batch-ms", type=int, default=50)
-    w.add_argument("--dim", type=int, default=32)
-    w.add_argument("--lr", type=float, default=0.2)
+    table_args(w)
     w.add_argument("--negatives", type=int, default=32)
-    w.add_argument(
-        "--optimizer",
-        default="rowwise_adagrad",
-        choices=["sgd", "adagrad", "rowwise_adagrad", "ftrl"],
-    )
-    w.add_argument(
-        "--min-count", type=int, default=1, help="sightings before an id gets a row (admission)"
-    )
-    w.add_argument(
-        "--ttl-seconds",
-        type=float,
-        default=None,
-        help="evict rows idle this long in event time (default: never)",
-    )
     w.add_argument(
         "--idle-grace-ms",
         type=int,
@@ -358,15 +354,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     s = sub.add_parser("ps-shard", help="serve one parameter-server shard over gRPC")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=50051)
-    s.add_argument("--dim", type=int, default=32)
-    s.add_argument("--lr", type=float, default=0.2)
-    s.add_argument(
-        "--optimizer",
-        default="rowwise_adagrad",
-        choices=["sgd", "adagrad", "rowwise_adagrad", "ftrl"],
-    )
-    s.add_argument("--min-count", type=int, default=1)
-    s.add_argument("--ttl-seconds", type=float, default=None)
+    table_args(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--state-dir", default="", help="RocksDB directory ('' : not durable)")
     s.add_argument("--checkpoint-seconds", type=float, default=1.0)
