@@ -67,11 +67,13 @@ def encode_delta(delta: TableDelta, writes: WriteSet) -> None:
     fixed = np.empty(len(c), dtype=_row_dtype(dim, width))
     fixed["slot"], fixed["updates"], fixed["last"] = c.slots, c.updates, c.last_update
     fixed["row"], fixed["state"] = c.rows, c.state
-    raw = fixed.tobytes()
-    size = fixed.dtype.itemsize
-    keys = c.keys.astype(">u8").tobytes()
-    for i, text in enumerate(delta.strings):
-        writes.put(prefix + keys[8 * i : 8 * i + 8], raw[size * i : size * (i + 1)] + text.encode())
+    # numpy hands out each row's bytes (a void view keeps trailing zero bytes, unlike "S")
+    values = fixed.view(np.dtype(("V", fixed.dtype.itemsize))).tolist()
+    keys = c.keys.astype(">u8").view("V8").tolist()
+    writes.puts.extend(
+        (prefix + key, value + text.encode())
+        for key, value, text in zip(keys, values, delta.strings, strict=True)
+    )
     writes.put(HIGH + delta.name.encode(), str(delta.high_water).encode())
     if delta.filter_counts is not None:
         writes.put(FILTER + delta.name.encode(), delta.filter_counts)
