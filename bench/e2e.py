@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     paced = events(args.seed + 1, int(args.paced_rate * args.paced_seconds))
     # the seeds differ, so the paced stream's event ids ("g<seed+1>-n") never repeat history's
     state = Path(tempfile.mkdtemp(prefix="streambed-bench-"))
-    with LocalPipeline(PipelineConfig(state, partitions=args.partitions)) as pipe:
+    worker_args = tuple(args.worker_args.split())
+    with LocalPipeline(
+        PipelineConfig(state, partitions=args.partitions, worker_args=worker_args)
+    ) as pipe:
         payloads = [(e.user_id.encode(), e.to_json()) for e in history]
         raw = raw_consume_rate(pipe.bootstrap, payloads, args.partitions)
 
@@ -128,6 +131,8 @@ def main() -> None:
     parser.add_argument("--paced-seconds", type=float, default=20.0)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker-args", default="",
+                        help="extra worker flags, e.g. \"--state-dir ''\" or --checkpoint-seconds 5")
     parser.add_argument("--out", default="bench/results/e2e.json")
     args = parser.parse_args()
     result = run(args)

@@ -14,11 +14,11 @@ def offsets(batches: list[list[RawRecord]]) -> list[list[tuple[int, int]]]:
     return [[(r.partition, r.offset) for r in b] for b in batches]
 
 
-def test_partitions_are_cut_independently() -> None:
-    b = Batcher(size=2, window_ms=100)
-    mixed = [*recs(0, [0, 5, 10]), *recs(1, [0, 500])]
-    assert offsets(b.add(mixed)) == [[(0, 0), (0, 1)], [(1, 0)]]
-    assert b.pending_offsets() == {0: 2, 1: 1} and len(b) == 2
+def test_partitions_share_batches_and_pending_offsets_are_per_partition() -> None:
+    b = Batcher(size=3, window_ms=100)
+    mixed = [*recs(0, [0, 5]), *recs(1, [6, 7], first_offset=40), *recs(0, [8], first_offset=2)]
+    assert offsets(b.add(mixed)) == [[(0, 0), (0, 1), (1, 40)]]
+    assert b.pending_offsets() == {1: 41, 0: 2} and len(b) == 2
 
 
 def test_cuts_do_not_depend_on_how_records_were_grouped_on_delivery() -> None:
@@ -36,6 +36,7 @@ def test_cuts_do_not_depend_on_how_records_were_grouped_on_delivery() -> None:
 def test_idle_flush_waits_for_window_plus_grace() -> None:
     b = Batcher(size=10, window_ms=50)
     b.add(recs(3, [1000, 1010]))
+    assert b.pending_offsets() == {3: 0}
     assert b.flush_idle(now_ms=1049 + 200, grace_ms=200) == []
     assert offsets(b.flush_idle(now_ms=1050 + 200, grace_ms=200)) == [[(3, 0), (3, 1)]]
     assert b.pending_offsets() == {} and len(b) == 0
