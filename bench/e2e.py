@@ -131,8 +131,11 @@ def main() -> None:
     parser.add_argument("--paced-seconds", type=float, default=20.0)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--worker-args", default="",
-                        help="extra worker flags, e.g. \"--state-dir ''\" or --checkpoint-seconds 5")
+    parser.add_argument(
+        "--worker-args",
+        default="",
+        help="extra worker flags, e.g. \"--state-dir ''\" or --checkpoint-seconds 5",
+    )
     parser.add_argument("--out", default="bench/results/e2e.json")
     args = parser.parse_args()
     result = run(args)

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--remote-rows", type=int, default=200_000)
     args = p.parse_args(argv)
     rows, dim, batch = args.rows, args.dim, args.batch
+    warnings.filterwarnings("ignore", "Sparse invariant checks")  # torch's sparse Adagrad
     torch.set_num_threads(1)  # like the worker (--torch-threads 1); numpy here is 1 thread too
     results: dict[str, float] = {}
     rng = np.random.default_rng(1)
