@@ -327,8 +327,8 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument(
         "--idle-grace-ms",
         type=int,
-        default=500,
-        help="close a quiet partition's last batch this long after its window",
+        default=200,
+        help="close a quiet stream's last batch this long after its window",
     )
     w.add_argument(
         "--state-dir",

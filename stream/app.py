@@ -41,7 +41,7 @@ class WorkerConfig:
     topics: Topics = field(default_factory=Topics)
     batch_size: int = 256
     batch_ms: int = 50
-    idle_grace_ms: int = 500
+    idle_grace_ms: int = 200
     checkpoint_seconds: float = 1.0
     # how long the group waits for a member that died without leaving (kill -9) before
     # handing its partitions to a restarted worker; faust's default is 60 s
@@ -160,7 +160,7 @@ def build_app(
                 if settler.due():
                     await settler.settle(stream, app)
 
-    @app.timer(interval=max(config.idle_grace_ms / 2000, 0.05))
+    @app.timer(interval=max(config.idle_grace_ms / 4000, 0.02))
     async def idle() -> None:  # pragma: no cover - exercised via Kafka
         stream = live["stream"]
         if stream is None:
