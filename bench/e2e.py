@@ -21,6 +21,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -74,7 +75,7 @@ def wait_drained(pipe: LocalPipeline, consumed: int, timeout: float = 300) -> fl
     raise TimeoutError("pipeline did not drain")
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     history = events(args.seed, args.events)
     paced = events(args.seed + 1, int(args.paced_rate * args.paced_seconds))
     # the seeds differ, so the paced stream's event ids ("g<seed+1>-n") never repeat history's

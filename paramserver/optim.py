@@ -27,7 +27,8 @@ import torch
 
 
 class Optimizer(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def state_width(self, dim: int) -> int: ...
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The test command: lint, then the whole suite (unit, doctests, README, and the
+# The test command: lint and type-check, then the whole suite (unit, doctests, README, and the
 # integration tests, which start a real Kafka broker themselves).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check . || exit 1
+.venv/bin/mypy || exit 1
 .venv/bin/python -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -105,8 +105,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _worker_ps(args: argparse.Namespace, train, registry):  # type: ignore[no-untyped-def]
     """The in-process parameter server, or a client of remote shards; metered either way."""
     from paramserver.metrics import MeteredPS, PSMetrics
-    from paramserver.ps import ParameterServer
+    from paramserver.ps import ParameterServer, ParamServerAPI
 
+    inner: ParamServerAPI
     if args.ps_shards:
         from paramserver.remote import RemotePS
 

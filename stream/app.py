@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import faust
 
@@ -48,7 +49,7 @@ class WorkerConfig:
     session_timeout_s: float = 10.0
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def faust_settings(self) -> dict[str, object]:
+    def faust_settings(self) -> dict[str, Any]:
         return {
             "broker": f"kafka://{self.bootstrap}",
             "key_serializer": "raw",
@@ -107,6 +108,14 @@ class Settler:
         self.unacked = keep
 
 
+@dataclass
+class Live:
+    """What the idle timer needs from the agent: its stream and when it last got records."""
+
+    delivered: float
+    stream: faust.StreamT | None = None
+
+
 def build_app(
     config: WorkerConfig,
     core: WorkerCore,
@@ -118,7 +127,7 @@ def build_app(
     interactions = app.topic(topics.interactions, key_type=bytes, value_type=bytes)
     settler = Settler(core, store, topics.interactions, metrics, config.checkpoint_seconds)
     lock = asyncio.Lock()  # the agent and the idle timer take turns with the core
-    live: dict[str, object] = {"stream": None, "delivered": time.monotonic()}
+    live = Live(delivered=time.monotonic())
 
     async def run(batches: list[list[RawRecord]]) -> None:
         send = app.producer.send  # Topic.send's channel machinery costs ~0.4 ms a record
@@ -139,8 +148,10 @@ def build_app(
 
     @app.agent(interactions)
     async def train(stream: faust.StreamT) -> None:  # pragma: no cover - exercised via Kafka
-        live["stream"] = stream
-        async for events in stream.noack_take(config.batch_size, within=config.batch_ms / 1000):
+        live.stream = stream
+        # noack_take is faust-streaming's (0.11+), missing from its StreamT protocol
+        take = stream.noack_take  # type: ignore[attr-defined]
+        async for events in take(config.batch_size, within=config.batch_ms / 1000):
             records = [
                 RawRecord(
                     value=e.value,
@@ -151,7 +162,7 @@ def build_app(
                 for e in events
             ]
             async with lock:
-                live["delivered"] = time.monotonic()
+                live.delivered = time.monotonic()
                 batches, replayed = core.accept(records)
                 if replayed:
                     metrics.replayed.inc(replayed)
@@ -162,15 +173,15 @@ def build_app(
 
     @app.timer(interval=max(config.idle_grace_ms / 4000, 0.02))
     async def idle() -> None:  # pragma: no cover - exercised via Kafka
-        stream = live["stream"]
+        stream = live.stream
         if stream is None:
             return
         async with lock:
-            quiet = time.monotonic() - float(live["delivered"]) >= config.idle_grace_ms / 1000
+            quiet = time.monotonic() - live.delivered >= config.idle_grace_ms / 1000
             if quiet:
                 await run(core.batcher.flush_idle(int(time.time() * 1000), config.idle_grace_ms))
             if settler.unacked and (quiet or settler.due()):
-                await settler.settle(stream, app)  # type: ignore[arg-type]
+                await settler.settle(stream, app)
 
     return app
 

@@ -19,6 +19,8 @@ False
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import nn
 
@@ -39,6 +41,9 @@ class Tower(nn.Module):
 class TwoTower(nn.Module):
     """A user tower and an item tower of the same output dimension."""
 
+    users: Tower
+    items: Tower
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.dim = dim
@@ -56,7 +61,10 @@ class TwoTower(nn.Module):
         return towers
 
 
-def freeze(module: nn.Module) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def freeze(module: M) -> M:
     """Freeze for good: no parameter takes gradients and the module is in eval mode."""
     module.requires_grad_(False)
     module.eval()

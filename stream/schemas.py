@@ -106,7 +106,7 @@ def validate_event(
     item_id = _id(raw, "item_id")
     session_id = _id(raw, "session_id", required=False)
     kind = raw.get("type")
-    if kind not in event_types:
+    if not isinstance(kind, str) or kind not in event_types:
         raise InvalidEvent("bad_type", f"type must be one of {sorted(event_types)}, got {kind!r}")
     ts = _number(raw, "ts")
     if ts is None:

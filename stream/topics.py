@@ -17,6 +17,12 @@ class Topics:
     @classmethod
     def with_prefix(cls, prefix: str, partitions: int = 4) -> Topics:
         """Namespaced topics, e.g. for tests sharing one broker."""
-        return cls(*(f"{prefix}{name}" for name in (
-            cls.interactions, cls.dlq, cls.items, cls.item_vectors, cls.user_vectors
-        )), partitions=partitions)  # fmt: skip
+        d = cls()
+        return cls(
+            interactions=prefix + d.interactions,
+            dlq=prefix + d.dlq,
+            items=prefix + d.items,
+            item_vectors=prefix + d.item_vectors,
+            user_vectors=prefix + d.user_vectors,
+            partitions=partitions,
+        )

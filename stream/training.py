@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -208,10 +209,10 @@ class OnlineTrainer:
         """The trainer's own state (not the tables), JSON-serialisable."""
         return {"rng": self._rng.bit_generator.state, "next_sweep": self.next_sweep}
 
-    def load_state(self, state: Mapping[str, object]) -> None:
+    def load_state(self, state: Mapping[str, Any]) -> None:
         self._rng.bit_generator.state = state["rng"]
         sweep = state.get("next_sweep")
-        self.next_sweep = None if sweep is None else float(sweep)  # type: ignore[arg-type]
+        self.next_sweep = None if sweep is None else float(sweep)
 
     def _softmax_loss(
         self,

@@ -55,10 +55,12 @@ class RocksStore:
         self._db.write(batch, self._write_options)
 
     def get(self, key: bytes) -> bytes | None:
-        return self._db.get(key)
+        value = self._db.get(key)
+        return None if value is None else bytes(value)
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=prefix):
+            assert isinstance(key, bytes)  # raw mode: keys are bytes
             if not key.startswith(prefix):
                 break
             yield key, value

@@ -62,7 +62,9 @@ class AnnIndex:
         return len(self._ids) - len(self._deleted)
 
     def __contains__(self, item_id: object) -> bool:
-        label = self._label.get(item_id)  # type: ignore[arg-type]
+        if not isinstance(item_id, str):
+            return False
+        label = self._label.get(item_id)
         return label is not None and label not in self._deleted
 
     @property

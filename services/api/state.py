@@ -26,6 +26,7 @@ import heapq
 import threading
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class ServingState:
             return None
         return self.index.search(vector, k, exclude={item_id})
 
-    def freshness_percentiles(self, since: float = 0.0) -> dict[str, float | None]:
+    def freshness_percentiles(self, since: float = 0.0) -> dict[str, Any]:
         """p50/p95/p99 of the recent samples observed at or after ``since`` (unix seconds)."""
         samples = np.array([age for at, age in list(self.freshness) if at >= since])
         if samples.size == 0:

@@ -123,7 +123,7 @@ class InteractionGenerator:
     def catalogue(self) -> list[ItemInfo]:
         """Items available from the start (the rest arrive during :meth:`replay`)."""
         ts = self.config.start_ts
-        return [self.info(i, ts) for i in np.flatnonzero(~self.is_new)]
+        return [self.info(int(i), ts) for i in np.flatnonzero(~self.is_new)]
 
     def replay(self, n_events: int) -> Iterator[ItemInfo | Interaction]:
         """The time-ordered stream: new-item arrivals interleaved with ``n_events`` interactions."""
