@@ -125,7 +125,11 @@ class ShardServer:
     def start(self) -> None:
         self._server.start()
 
-    def stop(self, grace: float = 1.0) -> None:
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving; ``grace`` seconds for calls in flight (None: cancel them now).
+
+        With a grace, gRPC leaves a thread sleeping for the whole grace period.
+        """
         self._server.stop(grace).wait()
 
     def wait(self) -> None:

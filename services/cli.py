@@ -205,7 +205,7 @@ def cmd_ps_shard(args: argparse.Namespace) -> int:
         start_http_server(args.metrics_port, addr=args.host, registry=registry)
     server.start()
     print(f"ps-shard: serving on {server.address}", file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=1.0))
     try:
         server.wait()
     except KeyboardInterrupt:
