@@ -139,7 +139,10 @@ def check_ids(ids: Iterable[object]) -> list[str]:
     for i, value in enumerate(ids):
         if not isinstance(value, str) or not value:
             raise ValueError(f"id #{i} must be a non-empty string, got {value!r:.80}")
-        if len(value) > MAX_ID_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        # a str of n characters encodes to at most 4n bytes: only long ones need encoding
+        if len(value) * 4 > MAX_ID_BYTES and (
+            len(value) > MAX_ID_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES
+        ):
             raise ValueError(f"id #{i} is longer than {MAX_ID_BYTES} bytes")
         out.append(value)
     return out

@@ -94,9 +94,20 @@ class ParameterServer:
     def stats(self, table: str) -> TableStats:
         return self._table(table).stats
 
+    def _find(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and known mask; ids with no row are validated (known ones were, on admission)."""
+        try:
+            keys, known = self.keymaps[table].find(ids)
+        except TypeError:  # an unhashable id: let the validator say what is wrong
+            check_ids(ids)
+            raise
+        if not known.all():
+            check_ids([ids[i] for i in np.flatnonzero(~known).tolist()])
+        return keys, known
+
     def pull(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         t = self._table(table)
-        keys, known = self.keymaps[table].find(check_ids(ids))
+        keys, known = self._find(table, ids)
         vecs, hit = t.pull(keys)
         hit &= known
         vecs[~hit] = 0.0
@@ -120,7 +131,7 @@ class ParameterServer:
 
     def push(self, table: str, ids: Sequence[str], grads: np.ndarray, *, now: float) -> None:
         t = self._table(table)
-        keys, known = self.keymaps[table].find(check_ids(ids))
+        keys, known = self._find(table, ids)
         if not known.all():
             missing = [ids[i] for i in np.flatnonzero(~known)[:5]]
             raise KeyError(f"push to ids without a row (admit them first): {missing}")
@@ -128,7 +139,7 @@ class ParameterServer:
 
     def meta(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         t = self._table(table)
-        keys, known = self.keymaps[table].find(check_ids(ids))
+        keys, known = self._find(table, ids)
         updates, last = t.meta(keys)
         updates[~known], last[~known] = -1, np.nan
         return updates, last
@@ -148,7 +159,7 @@ class ParameterServer:
 
     def remove(self, table: str, ids: Sequence[str]) -> list[str]:
         """Delete rows by id; returns the ids that had one."""
-        keys, known = self.keymaps[table].find(check_ids(ids))
+        keys, known = self._find(table, ids)
         gone = self._table(table).remove(keys[known])
         return self.keymaps[table].forget(gone.tolist())
 
