@@ -62,6 +62,9 @@ class WorkerConfig:
             "producer_linger_ms": 5,
             "topic_partitions": self.topics.partitions,
             "topic_replication_factor": 1,
+            # records stay un-acked until a checkpoint covers them, so faust must not wait
+            # for them to be acked before a rebalance or a shutdown (it would wait forever)
+            "stream_wait_empty": False,
             "broker_session_timeout": self.session_timeout_s,
             "broker_heartbeat_interval": max(self.session_timeout_s / 4, 0.5),
         }
@@ -88,7 +91,8 @@ class Settler:
     def due(self) -> bool:
         return self.clock() - self._last >= self.interval
 
-    async def settle(self, stream: faust.StreamT, app: faust.App) -> None:
+    async def checkpoint(self, app: faust.App) -> dict[int, int]:
+        """Make the state durable (when there is a store); the offsets it reflects."""
         offsets = self.core.checkpoint_offsets()
         if self.store is not None:
             started = time.perf_counter()
@@ -98,6 +102,11 @@ class Settler:
             self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
             self.metrics.checkpoint_writes.inc(len(writes))
         self._last = self.clock()
+        return offsets
+
+    async def settle(self, stream: faust.StreamT, app: faust.App) -> None:
+        """Checkpoint, then ack to faust the records the checkpoint covers."""
+        offsets = await self.checkpoint(app)
         keep = []
         for event in self.unacked:
             message = event.message
@@ -182,6 +191,17 @@ def build_app(
                 await run(core.batcher.flush_idle(int(time.time() * 1000), config.idle_grace_ms))
             if settler.unacked and (quiet or settler.due()):
                 await settler.settle(stream, app)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode's signal stubs are narrow
+    async def final_checkpoint(sender: faust.App, *_: Any, **__: Any) -> None:  # pragma: no cover
+        # a clean stop keeps its work: without this, up to checkpoint_seconds of it (or all
+        # since the stream last went quiet) would be redone on restart. The partial batch
+        # still pending is left to the restart, so batches stay what they would have been.
+        if store is None:
+            return
+        async with lock:
+            offsets = await settler.checkpoint(sender)
+        log.info("final checkpoint at %s", offsets)
 
     return app
 

@@ -266,3 +266,30 @@ def test_a_checkpoint_ahead_of_its_topic_is_refused(kafka_bootstrap: str) -> Non
     extra = checkpoint_mismatch(kafka_bootstrap, topics.interactions, {0: 1, 3: 1})
     assert extra and "[3]" in extra
     assert checkpoint_mismatch(kafka_bootstrap, "no-such-topic-" + uuid.uuid4().hex, {0: 1}) is None
+
+
+def test_a_clean_stop_checkpoints_the_work_done(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """SIGTERM mid-backlog: the durable state covers what was processed, not an old checkpoint."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"q{tag}-"
+    topics = Topics.with_prefix(prefix, partitions=1)
+    ensure_topics(kafka_bootstrap, topics)
+    records = stream_records(19_000)
+    with EventProducer(kafka_bootstrap, topics) as producer:
+        for payload in records:
+            producer.send_raw(payload)
+    worker = Worker(kafka_bootstrap, prefix, f"stop-{tag}", tmp_path, tmp_path / "stop.log")
+    worker.args += ["--checkpoint-seconds", "3600"]  # no periodic checkpoint while busy
+    try:
+        worker.start()
+        deadline = time.monotonic() + 120
+        while worker.processed() < 2000:
+            assert worker.proc is not None and worker.proc.poll() is None, f"see {worker.log}"
+            assert time.monotonic() < deadline, f"no progress; see {worker.log}"
+            time.sleep(0.2)
+        assert worker.checkpointed() == -1  # busy: nothing durable yet
+        processed = worker.processed()
+    finally:
+        worker.stop()  # SIGTERM
+    durable = worker.checkpointed()
+    assert processed <= durable < len(records), (processed, durable)
