@@ -114,13 +114,19 @@ def load_tables(ps: ParameterServer, store: RowStore) -> None:
         ps.restore(decode_table(ps, name, store))
 
 
-def checkpoint(ps: ParameterServer, store: RowStore, extra: WriteSet | None = None) -> int:
-    """Write every table's changes (plus ``extra``) in one atomic commit; rows written."""
-    writes = extra if extra is not None else WriteSet()
+def drain_into(ps: ParameterServer, writes: WriteSet) -> int:
+    """Add every table's changes since the last drain to ``writes``; rows written."""
     rows = 0
     for delta in ps.drain():
         encode_delta(delta, writes)
         rows += len(delta.changes)
+    return rows
+
+
+def checkpoint(ps: ParameterServer, store: RowStore) -> int:
+    """Write every table's changes in one atomic commit; rows written."""
+    writes = WriteSet()
+    rows = drain_into(ps, writes)
     store.commit(writes)
     return rows
 

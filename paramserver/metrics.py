@@ -69,6 +69,28 @@ class PSMetrics:
                                     registry=r),
         )  # fmt: skip
 
+    def observe(
+        self,
+        op: str,
+        table: str,
+        n: int,
+        seconds: float,
+        error: str | None,
+        ps: ParameterServer | None = None,
+    ) -> None:
+        """Record one PS call: refused (by reason), or counted with its rows and latency.
+
+        With an in-process ``ps``, calls that create or evict rows also mirror its tables.
+        """
+        if error:
+            self.errors.labels(op=op, reason=error).inc()
+            return
+        self.request_seconds.labels(op=op).observe(seconds)
+        self.requests.labels(op=op, table=table).inc()
+        self.rows_requested.labels(op=op, table=table).inc(n)
+        if ps is not None and op in ("admit", "expire"):
+            self.mirror(ps)
+
     def mirror(self, ps: ParameterServer) -> None:
         """Bring rows/admissions/evictions up to date with the tables' own counters."""
         for name, table in ps.tables.items():
@@ -99,13 +121,10 @@ class MeteredPS:
         try:
             result = fn()
         except (ValueError, KeyError, TypeError) as err:
-            self.metrics.errors.labels(op=op, reason=type(err).__name__).inc()
+            self.metrics.observe(op, table, n, 0.0, type(err).__name__)
             raise
-        self.metrics.request_seconds.labels(op=op).observe(self.clock() - started)
-        self.metrics.requests.labels(op=op, table=table).inc()
-        self.metrics.rows_requested.labels(op=op, table=table).inc(n)
-        if isinstance(self.inner, ParameterServer) and op in ("admit", "expire"):
-            self.metrics.mirror(self.inner)
+        local = self.inner if isinstance(self.inner, ParameterServer) else None
+        self.metrics.observe(op, table, n, self.clock() - started, None, local)
         return result
 
     def dim(self, table: str) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 
 from paramserver.config import TableConfig
 from paramserver.keys import KeyMap, check_ids
-from paramserver.table import EmbeddingTable, TableChanges, TableStats
+from paramserver.table import EmbeddingTable, TableChanges
 
 
 class ParamServerAPI(Protocol):
@@ -91,9 +91,6 @@ class ParameterServer:
         """Every id with a row (a read; in slot order)."""
         return self.keymaps[table].strings_of(self._table(table).keys().tolist())
 
-    def stats(self, table: str) -> TableStats:
-        return self._table(table).stats
-
     def _find(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Keys and known mask; ids with no row are validated (known ones were, on admission)."""
         try:
@@ -115,14 +112,13 @@ class ParameterServer:
 
     def admit(self, table: str, ids: Sequence[str], *, now: float) -> np.ndarray:
         t, keymap = self._table(table), self.keymaps[table]
-        ids = check_ids(ids)
-        keys, known = keymap.find(ids)
+        _, known = self._find(table, ids)
         if known.all():
             return np.ones(len(ids), dtype=bool)
         # sightings are counted under a provisional key (the string's hash); a collision
         # there only shares a counter, which the count-min filter tolerates anyway
         unknown = np.flatnonzero(~known)
-        provisional = keymap.assign([ids[i] for i in unknown])
+        provisional = keymap.assign([ids[i] for i in unknown.tolist()])
         hit = known.copy()
         hit[unknown] = t.admit(provisional, now=now)
         # ids that were not admitted must not keep a key

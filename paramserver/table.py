@@ -69,10 +69,6 @@ def initial_rows(keys: np.ndarray, dim: int, scale: float, seed: int = 0) -> np.
 class TableStats:
     """Cumulative counts of what the table did; the metrics edge turns them into counters."""
 
-    pulls: int = 0
-    pulled_rows: int = 0
-    pushes: int = 0
-    pushed_rows: int = 0
     admissions: int = 0
     evictions: int = 0
 
@@ -147,8 +143,6 @@ class EmbeddingTable:
         else:
             out = np.zeros((len(slots), self.dim), dtype=np.float32)
             out[hit] = self._rows[slots[hit]]
-        self.stats.pulls += 1
-        self.stats.pulled_rows += len(slots)
         return out, hit
 
     def meta(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -220,8 +214,6 @@ class EmbeddingTable:
         self._updates[slots] += 1
         self._last[slots] = now
         self._dirty[slots] = True
-        self.stats.pushes += 1
-        self.stats.pushed_rows += len(slots)
 
     def expire(self, *, now: float) -> np.ndarray:
         """Evict rows idle longer than the TTL (by event time ``now``); returns their ids."""

@@ -171,14 +171,7 @@ def cmd_ps_shard(args: argparse.Namespace) -> int:
     metrics = PSMetrics.create(registry)
 
     def observe(op: str, table: str, n: int, seconds: float, error: str | None) -> None:
-        if error:
-            metrics.errors.labels(op=op, reason=error).inc()
-            return
-        metrics.requests.labels(op=op, table=table).inc()
-        metrics.rows_requested.labels(op=op, table=table).inc(n)
-        metrics.request_seconds.labels(op=op).observe(seconds)
-        if op in ("admit", "expire"):
-            metrics.mirror(ps)
+        metrics.observe(op, table, n, seconds, error, ps)
 
     store, on_change = None, None
     if args.state_dir:

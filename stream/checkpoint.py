@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import struct
 
-from paramserver.checkpoint import encode_delta, load_tables
+from paramserver.checkpoint import drain_into, load_tables
 from paramserver.ps import ParameterServer
 from paramserver.stores import RowStore, WriteSet
 from stream.core import WorkerCore
@@ -59,8 +59,7 @@ def _local_ps(core: WorkerCore) -> ParameterServer:
 def checkpoint_writes(core: WorkerCore, topic: str) -> WriteSet:
     """Everything changed since the last checkpoint, and the offsets it reflects."""
     writes = WriteSet()
-    for delta in _local_ps(core).drain():
-        encode_delta(delta, writes)
+    drain_into(_local_ps(core), writes)
     counts, gone, (total, scale) = core.trainer.frequency.drain()
     for item in gone:
         writes.delete(FREQ_ROW + item.encode())

@@ -70,9 +70,9 @@ class BatchOutput:
 class WorkerCore:
     """Validation, de-duplication, batching and training of the ``interactions`` records.
 
-    ``applied`` maps each partition to the offset after the last record the
-    tables reflect; records below it (a replay after a restart) are skipped, so
-    each record is applied exactly once.
+    Per partition it remembers the offset after the last record it was given;
+    records below it (a replay after a restart) are skipped, so each record is
+    applied exactly once.
     """
 
     def __init__(
@@ -84,35 +84,32 @@ class WorkerCore:
         self.trainer = trainer
         self.dedup = dedup or RecentIds()
         self.batcher = batcher or Batcher(size=256, window_ms=50)
-        self.applied: dict[int, int] = {}
-        self._fed: dict[int, int] = {}
+        self._next: dict[int, int] = {}  # partition -> offset after the last record taken
 
     def resume(self, offsets: dict[int, int]) -> None:
         """Start from a checkpoint: records below these offsets are already in the tables."""
-        self.applied = dict(offsets)
-        self._fed = dict(offsets)
+        self._next = dict(offsets)
 
     def accept(self, records: Sequence[RawRecord]) -> tuple[list[list[RawRecord]], int]:
         """Feed fetched records to the batcher; (batches now closed, records skipped as replays)."""
         fresh = []
         for rec in records:
-            if rec.offset < self._fed.get(rec.partition, 0):
+            if rec.offset < self._next.get(rec.partition, 0):
                 continue
-            self._fed[rec.partition] = rec.offset + 1
+            self._next[rec.partition] = rec.offset + 1
             fresh.append(rec)
         return self.batcher.add(fresh), len(records) - len(fresh)
 
     def checkpoint_offsets(self) -> dict[int, int]:
         """Per partition, the first offset the tables do not yet reflect."""
-        offsets = {p: max(self._fed.get(p, 0), o) for p, o in self.applied.items()}
-        offsets.update({p: o for p, o in self._fed.items() if p not in offsets})
+        offsets = dict(self._next)
         offsets.update(self.batcher.pending_offsets())
         return offsets
 
     def process(self, records: Sequence[RawRecord]) -> BatchOutput:
         """Train on one micro-batch (as cut by the batcher, or any list of records)."""
-        for rec in records:
-            self.applied[rec.partition] = max(self.applied.get(rec.partition, 0), rec.offset + 1)
+        for rec in records:  # records handed in directly, not through accept
+            self._next[rec.partition] = max(self._next.get(rec.partition, 0), rec.offset + 1)
         out = BatchOutput()
         events: list[Interaction] = []
         produced: list[int] = []
