@@ -142,6 +142,18 @@ class MeteredPS:
     def push(self, table: str, ids: Sequence[str], grads: np.ndarray, *, now: float) -> None:
         self._call("push", table, len(ids), lambda: self.inner.push(table, ids, grads, now=now))
 
+    def put(
+        self,
+        table: str,
+        ids: Sequence[str],
+        rows: np.ndarray,
+        *,
+        now: float,
+        updates: np.ndarray | None = None,
+    ) -> None:
+        put = self.inner.put
+        self._call("put", table, len(ids), lambda: put(table, ids, rows, now=now, updates=updates))
+
     def meta(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self._call("meta", table, len(ids), lambda: self.inner.meta(table, ids))
 

@@ -49,6 +49,16 @@ class ParamServerAPI(Protocol):
 
     def meta(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def put(
+        self,
+        table: str,
+        ids: Sequence[str],
+        rows: np.ndarray,
+        *,
+        now: float,
+        updates: np.ndarray | None = None,
+    ) -> None: ...
+
     def sample(self, table: str, n: int, *, seed: int) -> list[str]: ...
 
     def expire(self, *, now: float) -> dict[str, list[str]]: ...
@@ -132,6 +142,25 @@ class ParameterServer:
             missing = [ids[i] for i in np.flatnonzero(~known)[:5]]
             raise KeyError(f"push to ids without a row (admit them first): {missing}")
         t.push(keys, grads, now=now)
+
+    def put(
+        self,
+        table: str,
+        ids: Sequence[str],
+        rows: np.ndarray,
+        *,
+        now: float,
+        updates: np.ndarray | None = None,
+    ) -> None:
+        """Set rows outright (bootstrap, content vectors): no admission, fresh optimizer state."""
+        t = self._table(table)
+        self._find(table, ids)  # validates ids that have no row yet
+        if len(set(ids)) != len(ids):
+            raise ValueError("put takes each id once")
+        rows = np.asarray(rows, dtype=np.float32)
+        if rows.shape != (len(ids), t.dim):
+            raise ValueError(f"rows must have shape ({len(ids)}, {t.dim}), got {rows.shape}")
+        t.put(self.keymaps[table].assign(ids), rows, now=now, updates=updates)
 
     def meta(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         t = self._table(table)

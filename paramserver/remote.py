@@ -77,11 +77,11 @@ def decode_frame(frame: bytes) -> tuple[dict[str, Any], memoryview]:
     return header, memoryview(frame)[4 + n :]
 
 
-def _grads(header: dict[str, Any], body: memoryview, dim: int) -> np.ndarray:
+def _matrix(header: dict[str, Any], body: memoryview, dim: int, what: str) -> np.ndarray:
     n = len(header["ids"])
     if len(body) != n * dim * 4:
         raise ValueError(
-            f"grads must be {n} x {dim} float32 ({n * dim * 4} bytes), got {len(body)} bytes"
+            f"{what} must be {n} x {dim} float32 ({n * dim * 4} bytes), got {len(body)} bytes"
         )
     return np.frombuffer(body, dtype="<f4").reshape(n, dim)
 
@@ -150,7 +150,7 @@ class ShardServer:
             n = len(header.get("ids", ()))
             with self._lock:
                 reply = self._dispatch(op, header, body)
-                if op in ("admit", "push", "expire", "checkpoint") and self._on_change:
+                if op in ("admit", "push", "put", "expire", "checkpoint") and self._on_change:
                     self._on_change(op == "checkpoint")  # an explicit checkpoint is forced
             return reply
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
@@ -175,8 +175,19 @@ class ShardServer:
             hit = ps.admit(h["table"], h["ids"], now=float(h["now"]))
             return encode_frame({}, hit.astype(np.uint8))
         if op == "push":
-            grads = _grads(h, body, ps.dim(h["table"]))
+            grads = _matrix(h, body, ps.dim(h["table"]), "grads")
             ps.push(h["table"], h["ids"], grads, now=float(h["now"]))
+            return encode_frame({})
+        if op == "put":
+            rows = _matrix(h, body, ps.dim(h["table"]), "rows")
+            counts = h.get("updates")
+            ps.put(
+                h["table"],
+                h["ids"],
+                rows,
+                now=float(h["now"]),
+                updates=None if counts is None else np.asarray(counts, dtype=np.uint32),
+            )
             return encode_frame({})
         if op == "meta":
             updates, last = ps.meta(h["table"], h["ids"])
@@ -304,6 +315,31 @@ class RemotePS:
             raise ValueError("grads contain NaN or infinity")
         # note: across shards a push is not atomic; each shard's part is checked before applying
         self._per_shard("push", table, ids, {"now": now}, payload=grads.astype("<f4"))
+
+    def put(
+        self,
+        table: str,
+        ids: Sequence[str],
+        rows: np.ndarray,
+        *,
+        now: float,
+        updates: np.ndarray | None = None,
+    ) -> None:
+        rows = np.asarray(rows, dtype=np.float32)
+        dim = self.dim(table)
+        if rows.shape != (len(ids), dim):
+            raise ValueError(f"rows must have shape ({len(ids)}, {dim}), got {rows.shape}")
+        if not np.all(np.isfinite(rows)):
+            raise ValueError("rows contain NaN or infinity")
+        counts = None if updates is None else np.asarray(updates).astype(int)
+        requests = {}
+        for shard, where in self._split(ids).items():
+            header: dict[str, Any] = {"op": "put", "table": table, "now": now,
+                                      "ids": [ids[i] for i in where.tolist()]}  # fmt: skip
+            if counts is not None:
+                header["updates"] = counts[where].tolist()
+            requests[shard] = encode_frame(header, rows[where].astype("<f4"))
+        self._ask(requests)
 
     def meta(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         updates = np.full(len(ids), -1, dtype=np.int64)

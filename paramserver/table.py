@@ -174,6 +174,33 @@ class EmbeddingTable:
             hit[np.flatnonzero(missing)[admitted]] = True
         return hit
 
+    def put(
+        self, keys: np.ndarray, rows: np.ndarray, *, now: float, updates: np.ndarray | None = None
+    ) -> None:
+        """Set rows outright (e.g. from a bootstrap checkpoint), bypassing admission.
+
+        Missing ids get a row; every put row gets fresh optimizer state, its update
+        count (default 0) and ``now`` as its last update.
+        """
+        keys = np.asarray(keys, dtype=np.uint64)
+        rows = np.asarray(rows, dtype=np.float32)
+        if keys.ndim != 1 or rows.shape != (len(keys), self.dim):
+            raise ValueError(f"rows must have shape ({len(keys)}, {self.dim}), got {rows.shape}")
+        if not np.all(np.isfinite(rows)):
+            raise ValueError("rows contain NaN or infinity")
+        if len(np.unique(keys)) != len(keys):
+            raise ValueError("put takes each id once")
+        counts = np.zeros(len(keys), dtype=np.uint32) if updates is None else updates
+        missing = self._slots(keys) < 0
+        if missing.any():
+            self._create(keys[missing], now)
+        slots = self._slots(keys)
+        self._rows[slots] = rows
+        self._state[slots] = self.optimizer.init_state(rows)
+        self._updates[slots] = np.asarray(counts, dtype=np.uint32)
+        self._last[slots] = now
+        self._dirty[slots] = True
+
     def _create(self, keys: np.ndarray, now: float) -> None:
         slots = self._take_slots(len(keys))
         rows = initial_rows(keys, self.dim, self.config.init_scale, self.config.seed)

@@ -74,15 +74,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
         import uvloop
 
         uvloop.install()  # ~20% more events/s through faust's per-event path (measured)
+    faust_dir = Path(args.state_dir or STATE_DIR / "worker") / "faust" / args.app_id
+    faust_dir.parent.mkdir(parents=True, exist_ok=True)  # faust makes only the last level
     train = TrainConfig(
         dim=args.dim, lr=args.lr, negatives=args.negatives, optimizer=args.optimizer,
-        min_count=args.min_count, ttl_seconds=args.ttl_seconds,
+        min_count=args.min_count, ttl_seconds=args.ttl_seconds, similarity=args.similarity,
+        norm_power=args.norm_power, blend_k=args.blend_k, session_weight=args.session_weight,
     )  # fmt: skip
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topics=_topics(args),
         batch_size=args.batch_size, batch_ms=args.batch_ms, idle_grace_ms=args.idle_grace_ms,
         checkpoint_seconds=args.checkpoint_seconds, session_timeout_s=args.session_timeout,
-        train=train,
+        train=train, datadir=str(faust_dir),
     )  # fmt: skip
     registry = CollectorRegistry()
     metrics = WorkerMetrics.create(registry)
@@ -90,10 +93,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     core = WorkerCore(
         OnlineTrainer.create(train, ps), batcher=Batcher(args.batch_size, args.batch_ms)
     )
+    boot = None
+    if args.init_from:
+        from stream.bootstrap import Bootstrapped, load_into
+
+        boot = Bootstrapped.load(Path(args.init_from))
+        load_into(core.trainer, boot, rows=False)  # the frozen towers, on every start
     store = _restore_worker(args, core, config.topics.interactions)
+    initial: tuple[list, list] = ([], [])
+    if boot is not None and not core.trainer.bootstrapped:
+        load_into(core.trainer, boot)  # a fresh start: the bootstrap's rows and counts too
+        initial = core.vectors(boot.items, boot.users)  # replicas start from them
+        print(f"worker: initialised {len(boot.users)} users and {len(boot.items)} items "
+              f"from {args.init_from}", file=sys.stderr)  # fmt: skip
+    encode = None
+    if args.content_encoder == "minilm" or (args.content_encoder == "auto" and boot):
+        from stream.content import MiniLM
+
+        encode = MiniLM().encode
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.host, registry=registry)
-    app = build_app(config, core, metrics, store)
+    app = build_app(config, core, metrics, store, encode, initial)
     try:
         faust.Worker(app, loglevel=args.log_level, quiet=True).execute_from_commandline()
     finally:
@@ -263,6 +283,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    """Train towers, projection and first rows on a history; save one checkpoint file."""
+    from evaluation.data import ItemArrival, read_jsonl, split
+    from evaluation.run import CachedEncoder, RunConfig, load_stream, run_bootstrap
+    from stream.bootstrap import BootstrapConfig
+    from stream.content import MiniLM
+    from stream.schemas import Interaction
+
+    if args.events_file:
+        records = read_jsonl(Path(args.events_file))
+    else:
+        gen = RunConfig(events=args.events, users=args.users, items=args.items, seed=args.seed)
+        records = load_stream(gen)
+    history = split(records, args.history_share)[0] if args.history_share < 1 else records
+    n = sum(isinstance(r, Interaction) for r in history)
+    n_items = sum(isinstance(r, ItemArrival) for r in history)
+    print(f"bootstrap on {n} events and {n_items} items' content ...")
+    cfg = BootstrapConfig(dim=args.dim, epochs=args.epochs, seed=args.seed)
+    boot = run_bootstrap(history, CachedEncoder(MiniLM().encode), cfg)
+    boot.save(Path(args.out))
+    print(f"wrote {args.out}: {len(boot.users)} users, {len(boot.items)} items, "
+          f"loss {boot.losses[0]:.3f} -> {boot.losses[-1]:.3f}")  # fmt: skip
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from evaluation.run import RunConfig, run
+
+    run(RunConfig(
+        out=Path(args.out), events_file=Path(args.events_file) if args.events_file else None,
+        events=args.events, users=args.users, items=args.items, seed=args.seed,
+        history_share=args.history_share, dim=args.dim, epochs=args.epochs, k=args.k,
+        batch_size=args.batch_size, blend_k=args.blend_k, session_weight=args.session_weight,
+        als_every=args.als_every,
+    ))  # fmt: skip
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import DemoConfig, run_demo
 
@@ -339,6 +397,17 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument(
         "--ps-shards", default="", help="host:port,... of remote PS shards (default: in-process PS)"
     )
+    w.add_argument("--init-from", default="",
+                   help="a `streambed bootstrap` file: frozen towers + first rows")  # fmt: skip
+    w.add_argument("--content-encoder", default="auto", choices=["auto", "minilm", "none"],
+                   help="embed the items topic (auto: with --init-from's projection)")  # fmt: skip
+    w.add_argument("--similarity", default="cosine", choices=["cosine", "dot", "l2"])
+    w.add_argument("--norm-power", type=float, default=1.0,
+                   help="dot only: serve items at |v|**p (0: no norm effect)")  # fmt: skip
+    w.add_argument("--blend-k", type=float, default=5.0,
+                   help="content weighs as behaviour after k interactions (0: off)")  # fmt: skip
+    w.add_argument("--session-weight", type=float, default=0.0,
+                   help="weight of the session skip-gram objective (0: off)")  # fmt: skip
     w.add_argument("--torch-threads", type=int, default=1)
     w.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="plain asyncio loop")
     w.add_argument("--host", default="127.0.0.1", help="address of the /metrics endpoint")
@@ -378,6 +447,33 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     g.add_argument("--out", default="-")
     g.add_argument("--catalogue", help="also write the item catalogue (JSON lines) here")
     g.set_defaults(func=cmd_generate)
+
+    def stream_args(p: argparse.ArgumentParser, history_share: float) -> None:
+        p.add_argument("--events-file", help="JSON lines of events and items (default: generate)")
+        p.add_argument("--events", type=int, default=60_000, help="generated events")
+        p.add_argument("--users", type=int, default=500)
+        p.add_argument("--items", type=int, default=2000)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--history-share", type=float, default=history_share,
+                       help="share of the events used as the bootstrap history")  # fmt: skip
+        p.add_argument("--dim", type=int, default=32)
+        p.add_argument("--epochs", type=int, default=8)
+
+    b = sub.add_parser("bootstrap", help="train towers and first rows offline on a history")
+    stream_args(b, history_share=0.4)
+    b.add_argument("--out", default=str(STATE_DIR / "bootstrap.pt"))
+    b.set_defaults(func=cmd_bootstrap)
+
+    e = sub.add_parser("evaluate", help="prequential evaluation against baselines; plots")
+    stream_args(e, history_share=0.4)
+    e.add_argument("--out", default="reports/eval", help="directory for the table and plots")
+    e.add_argument("--k", type=int, default=10)
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--blend-k", type=float, default=5.0)
+    e.add_argument("--session-weight", type=float, default=0.0,
+                   help="also evaluate the session skip-gram objective at this weight")  # fmt: skip
+    e.add_argument("--als-every", type=int, default=5000, help="ALS retrains every N events")
+    e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="the whole pipeline locally on generated data")
     d.add_argument("--bootstrap", default=None, help="use this cluster instead of a local broker")

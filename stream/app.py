@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import numpy as np
 
 from paramserver.stores import RowStore
 from stream.checkpoint import checkpoint_writes
@@ -31,6 +32,7 @@ from stream.metrics import WorkerMetrics
 from stream.schemas import InvalidEvent
 from stream.topics import Topics
 from stream.training import ITEMS, USERS, TrainConfig
+from stream.vectors import VectorRecord
 
 log = logging.getLogger("streambed.worker")
 
@@ -48,9 +50,13 @@ class WorkerConfig:
     # handing its partitions to a restarted worker; faust's default is 60 s
     session_timeout_s: float = 10.0
     train: TrainConfig = field(default_factory=TrainConfig)
+    # faust's own directory (default "<app id>-data" in the working directory)
+    datadir: str | None = None
 
     def faust_settings(self) -> dict[str, Any]:
+        extra = {"datadir": self.datadir} if self.datadir else {}
         return {
+            **extra,
             "broker": f"kafka://{self.bootstrap}",
             "key_serializer": "raw",
             "value_serializer": "raw",
@@ -130,7 +136,11 @@ def build_app(
     core: WorkerCore,
     metrics: WorkerMetrics,
     store: RowStore | None = None,
+    encode: Callable[[list[str]], np.ndarray] | None = None,
+    initial: tuple[list[VectorRecord], list[VectorRecord]] = ([], []),
 ) -> faust.App:
+    """The worker app. ``encode``: embed the ``items`` topic's content (None: ignore it).
+    ``initial``: (item, user) vectors to publish once at start (a fresh bootstrap's)."""
     app = faust.App(config.app_id, **config.faust_settings())
     topics = config.topics
     interactions = app.topic(topics.interactions, key_type=bytes, value_type=bytes)
@@ -179,6 +189,46 @@ def build_app(
                 await run(batches)
                 if settler.due():
                     await settler.settle(stream, app)
+
+    if initial[0] or initial[1]:
+
+        @app.task
+        async def publish_initial() -> None:  # pragma: no cover - exercised via Kafka
+            for topic, records in zip((topics.item_vectors, topics.user_vectors), initial,
+                                      strict=True):  # fmt: skip
+                for rec in records:
+                    await app.producer.send(topic, rec.key.encode(), rec.encode(),
+                                            None, None, None)  # fmt: skip
+            log.info("published %d + %d bootstrap vectors", *map(len, initial))
+
+    if encode is not None:
+        items_topic = app.topic(topics.items, key_type=bytes, value_type=bytes)
+
+        @app.agent(items_topic)
+        async def content(stream: faust.StreamT) -> None:  # pragma: no cover - via Kafka
+            # content rows are checkpointed with the tables; an item record redone after a
+            # crash rewrites the same row, so plain at-least-once acks are enough here
+            take = stream.take_events  # type: ignore[attr-defined]  # not in StreamT
+            async for events in take(64, within=0.05):
+                records = [
+                    RawRecord(value=e.value, key=e.key, partition=e.message.partition,
+                              timestamp_ms=int(e.message.timestamp * 1000),
+                              offset=e.message.offset)
+                    for e in events
+                ]  # fmt: skip
+                async with lock:
+                    started = time.perf_counter()
+                    out = core.add_items(records, encode)
+                    send = app.producer.send
+                    for letter in out.dead_letters:
+                        await send(topics.dlq, None, letter.payload, None, None, None)
+                    for rec in out.items:
+                        value = rec.encode()
+                        await send(topics.item_vectors, rec.key.encode(), value, None, None, None)
+                    metrics.content_items.inc(out.accepted)
+                    metrics.content_seconds.observe(time.perf_counter() - started)
+                    for letter in out.dead_letters:
+                        metrics.dead_letters.labels(reason=letter.reason).inc()
 
     @app.timer(interval=max(config.idle_grace_ms / 4000, 0.02))
     async def idle() -> None:  # pragma: no cover - exercised via Kafka

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stream.batching import Batcher
+from stream.content import item_text
 from stream.dedup import RecentIds
-from stream.schemas import Interaction, InvalidEvent, dead_letter, parse_event
+from stream.schemas import Interaction, InvalidEvent, dead_letter, parse_event, parse_item
 from stream.training import ITEMS, USERS, OnlineTrainer
 from stream.vectors import VectorRecord
 
@@ -39,6 +40,7 @@ class RawRecord:
     timestamp_ms: int
     partition: int = 0
     offset: int = -1
+    key: bytes | None = None
 
     def reject(self, err: InvalidEvent) -> DeadLetter:
         """The dead letter for this record: reason, original bytes and where it came from."""
@@ -142,8 +144,49 @@ class WorkerCore:
             first_ms_user[event.user_id] = min(ms, first_ms_user.get(event.user_id, ms))
             first_ms_item[event.item_id] = min(ms, first_ms_item.get(event.item_id, ms))
         trainer = self.trainer
-        out.users = _records(stats.users, first_ms_user, trainer.user_vectors, trainer, USERS)
+        session: dict[str, list[str]] = {}  # a cold user starts from this batch's items
+        for event in events:
+            if trainer.weight(event) > 0:
+                session.setdefault(event.user_id, []).append(event.item_id)
+        users_of = lambda ids: trainer.user_vectors(ids, session)  # noqa: E731
+        out.users = _records(stats.users, first_ms_user, users_of, trainer, USERS)
         out.items = _records(stats.items, first_ms_item, trainer.item_vectors, trainer, ITEMS)
+        return out
+
+    def vectors(
+        self, items: Sequence[str], users: Sequence[str]
+    ) -> tuple[list[VectorRecord], list[VectorRecord]]:
+        """Current served vectors of ``items`` and ``users`` (no event to time: event_ms 0)."""
+        t = self.trainer
+        return _records(items, {}, t.item_vectors, t, ITEMS), _records(
+            users, {}, t.user_vectors, t, USERS
+        )
+
+    def add_items(
+        self, records: Sequence[RawRecord], encode: Callable[[list[str]], np.ndarray]
+    ) -> BatchOutput:
+        """Content from the ``items`` topic: embed, store, and serve each item at once.
+
+        Not de-duplicated or offset-tracked: the content row is a pure function of the
+        record, so applying one twice changes nothing.
+        """
+        out = BatchOutput()
+        latest: dict[str, tuple[str, int]] = {}
+        for rec in records:
+            try:
+                item_id, title, tags = parse_item(rec.key, rec.value)
+            except InvalidEvent as err:
+                out.dead_letters.append(rec.reject(err))
+                continue
+            latest[item_id] = (item_text(title, tags), rec.timestamp_ms)
+        if not latest:
+            return out
+        ids = list(latest)
+        ms = {i: latest[i][1] for i in ids}
+        self.trainer.add_content(ids, encode([latest[i][0] for i in ids]),
+                                 now=max(ms.values()) / 1000)  # fmt: skip
+        out.accepted = len(ids)
+        out.items = _records(ids, ms, self.trainer.item_vectors, self.trainer, ITEMS)
         return out
 
 

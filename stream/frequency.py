@@ -10,7 +10,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,6 +42,13 @@ class ItemFrequency:
             self._total += self._scale
             self._changed.add(item)
 
+    def add(self, counts: Mapping[str, float]) -> None:
+        """Seed counts (e.g. from the bootstrap history) without a decay step."""
+        for item, count in counts.items():
+            self._counts[item] = self._counts.get(item, 0.0) + count * self._scale
+            self._total += count * self._scale
+            self._changed.add(item)
+
     def forget(self, items: Iterable[str]) -> None:
         """Drop items (evicted from the tables) from the estimate."""
         for item in items:
@@ -61,12 +68,15 @@ class ItemFrequency:
     def restore(self, counts: dict[str, float], total: float, scale: float) -> None:
         self._counts, self._total, self._scale = dict(counts), total, scale
 
-    def probability(self, items: Sequence[str]) -> np.ndarray:
-        counts = np.fromiter(
-            (self._counts.get(i, 0.0) / self._scale for i in items),
-            dtype=np.float64,
+    def counts(self, items: Sequence[str]) -> np.ndarray:
+        """(Decayed) number of positive events per item; 0 for unseen items."""
+        return np.fromiter(
+            (self._counts.get(i, 0.0) / self._scale for i in items), dtype=np.float64,
             count=len(items),
-        )
+        )  # fmt: skip
+
+    def probability(self, items: Sequence[str]) -> np.ndarray:
+        counts = self.counts(items)
         denom = self._total / self._scale + len(self._counts) + 1.0
         return (counts + 1.0) / denom
 

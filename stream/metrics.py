@@ -35,6 +35,8 @@ class WorkerMetrics:
     replayed: Counter
     checkpoint_seconds: Histogram
     checkpoint_writes: Counter
+    content_items: Counter
+    content_seconds: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "streambed_worker") -> WorkerMetrics:
@@ -68,4 +70,9 @@ class WorkerMetrics:
                                          buckets=LATENCY_BUCKETS, registry=r),
             checkpoint_writes=Counter(f"{p}_checkpoint_writes",
                                       "Keys put or deleted by checkpoints", registry=r),
+            content_items=Counter(f"{p}_content_items",
+                                  "Items embedded from the items topic", registry=r),
+            content_seconds=Histogram(f"{p}_content_seconds",
+                                      "Embedding and serving a batch of new items' content",
+                                      buckets=LATENCY_BUCKETS, registry=r),
         )  # fmt: skip

@@ -140,3 +140,33 @@ def dead_letter(payload: bytes | str | None, err: InvalidEvent, **context: Any) 
     original = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
     body = {"reason": err.reason, "error": str(err), "payload": original, **context}
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def parse_item(key: bytes | None, payload: bytes | str | None) -> tuple[str, str, list[str]]:
+    """An ``items`` record (key: item id; value: ``{"title", "tags"?}``) -> (id, title, tags)."""
+    if not key:
+        raise InvalidEvent("missing_item_id", "an items record needs its item id as the key")
+    try:
+        item_id = key.decode()
+    except UnicodeDecodeError:
+        raise InvalidEvent("bad_item_id", "the item id key must be UTF-8") from None
+    if len(item_id) > MAX_ID_LEN:
+        raise InvalidEvent("bad_item_id", f"item id must have 1..{MAX_ID_LEN} characters")
+    if payload is None:
+        raise InvalidEvent("empty", "record has no value")
+    if len(payload) > MAX_EVENT_BYTES:
+        raise InvalidEvent("too_large", f"record is {len(payload)} bytes, limit {MAX_EVENT_BYTES}")
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise InvalidEvent("bad_json", f"not valid JSON: {err}") from None
+    if not isinstance(raw, Mapping):
+        raise InvalidEvent("not_an_object", "an item must be a JSON object")
+    title, tags = raw.get("title", ""), raw.get("tags", [])
+    if not isinstance(title, str) or not isinstance(tags, list):
+        raise InvalidEvent("bad_content", "title must be a string and tags a list")
+    if not all(isinstance(t, str) for t in tags):
+        raise InvalidEvent("bad_content", "tags must be strings")
+    if not title.strip() and not any(t.strip() for t in tags):
+        raise InvalidEvent("missing_content", "an item needs a title or tags")
+    return item_id, title, tags

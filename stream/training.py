@@ -6,8 +6,17 @@ Per micro-batch of valid interactions:
   items plus uniformly sampled negatives from the item table, with log-Q
   correction from a streaming frequency estimate (Yi et al., RecSys 2019);
 * skips push their pair's score down with a logistic loss;
+* optionally (``session_weight``), a skip-gram over each session's consecutive
+  positives in the batch pulls co-consumed items together (item rows only);
 * gradients flow through the frozen towers into the embedding rows only, and
   the parameter server applies them (row-wise Adagrad, server-side).
+
+Serving blends: an item's vector is its behaviour (item tower over its row) and
+its content (the frozen projection of its text embedding, in the ``content``
+table) mixed by ``a(n) = n / (n + blend_k)`` for ``n`` positive events; a user's
+is its behaviour mixed, by its update count, with the mean of the items of its
+current session. Training itself uses the unblended behaviour vectors, so an
+id's row learns at full speed while serving leans on content.
 
 Examples
 --------
@@ -37,14 +46,22 @@ from paramserver.ps import ParameterServer, ParamServerAPI
 from stream.frequency import ItemFrequency
 from stream.model import TwoTower, freeze
 from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction
+from stream.similarity import Similarity, blend_weight
 
-USERS, ITEMS = "users", "items"
+USERS, ITEMS, CONTENT = "users", "items", "content"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The online step. ``optimizer`` runs in the PS; ``min_count``/``ttl_seconds``: admission
-    and expiry of rows; expiry sweeps run every ``sweep_seconds`` of event time."""
+    and expiry of rows; expiry sweeps run every ``sweep_seconds`` of event time.
+
+    ``similarity``/``norm_power``: see :mod:`stream.similarity`. ``blend_k``: content
+    weighs as much as behaviour after that many interactions (0: no blending).
+    ``session_weight``: weight of the session skip-gram objective (0: off).
+    ``content_init``: an item whose content arrives before it has a row starts its row
+    at the content row (with blending on).
+    """
 
     dim: int = 32
     temperature: float = 0.1
@@ -57,11 +74,23 @@ class TrainConfig:
     ttl_seconds: float | None = None
     sweep_seconds: float = 60.0
     seed: int = 0
+    similarity: str = "cosine"
+    norm_power: float = 1.0
+    blend_k: float = 5.0
+    session_weight: float = 0.0
+    content_init: bool = True
     type_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
 
     def __post_init__(self) -> None:
         if not self.sweep_seconds > 0:
             raise ValueError(f"sweep_seconds must be positive, got {self.sweep_seconds}")
+        if self.blend_k < 0 or self.session_weight < 0:
+            raise ValueError("blend_k and session_weight must be non-negative")
+        Similarity(self.similarity, self.norm_power)  # validates both
+
+    @property
+    def sim(self) -> Similarity:
+        return Similarity(self.similarity, self.norm_power)
 
     def table(self, name: str) -> TableConfig:
         return TableConfig(
@@ -75,7 +104,9 @@ class TrainConfig:
         )
 
     def tables(self) -> list[TableConfig]:
-        return [self.table(USERS), self.table(ITEMS)]
+        # content rows are set (put), never trained, never expired
+        content = TableConfig(CONTENT, dim=self.dim, optimizer=make_optimizer("sgd", 1.0))
+        return [self.table(USERS), self.table(ITEMS), content]
 
 
 @dataclass(frozen=True)
@@ -107,9 +138,11 @@ class OnlineTrainer:
         self.ps = ps
         self.towers = freeze(towers)
         self.config = config
+        self.sim = config.sim
         self.frequency = ItemFrequency()
         self._rng = np.random.default_rng(config.seed)
         self.next_sweep: float | None = None
+        self.bootstrapped = False  # rows and counts came from a bootstrap (checkpointed)
 
     @classmethod
     def create(cls, config: TrainConfig, ps: ParamServerAPI | None = None) -> OnlineTrainer:
@@ -157,9 +190,9 @@ class OnlineTrainer:
 
         user_rows = torch.from_numpy(self.ps.pull(USERS, user_ids)[0]).requires_grad_()
         item_rows = torch.from_numpy(self.ps.pull(ITEMS, candidates)[0]).requires_grad_()
-        u = self.towers.users(user_rows)[u_idx]
-        v = self.towers.items(item_rows)
-        scores = u @ v.T / self.config.temperature
+        u = self.sim.serve_users(self.towers.users(user_rows))[u_idx]
+        v = self.sim.serve_items(self.towers.items(item_rows))
+        scores = self.sim.scores(u, v) / self.config.temperature
 
         positive = w > 0
         self.frequency.observe(
@@ -173,6 +206,10 @@ class OnlineTrainer:
         if (~positive).any():
             skip_scores = scores[~positive, i_idx[~positive]]
             loss = loss + (w[~positive].abs() * F.softplus(skip_scores)).sum()
+        if self.config.session_weight > 0:
+            loss = loss + self.config.session_weight * self._session_loss(
+                batch, positive, v, cand_pos
+            )
         loss.backward()
 
         assert user_rows.grad is not None and item_rows.grad is not None
@@ -207,12 +244,14 @@ class OnlineTrainer:
 
     def state(self) -> dict[str, object]:
         """The trainer's own state (not the tables), JSON-serialisable."""
-        return {"rng": self._rng.bit_generator.state, "next_sweep": self.next_sweep}
+        return {"rng": self._rng.bit_generator.state, "next_sweep": self.next_sweep,
+                "bootstrapped": self.bootstrapped}  # fmt: skip
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self._rng.bit_generator.state = state["rng"]
         sweep = state.get("next_sweep")
         self.next_sweep = None if sweep is None else float(sweep)
+        self.bootstrapped = bool(state.get("bootstrapped", False))
 
     def _softmax_loss(
         self,
@@ -246,13 +285,110 @@ class OnlineTrainer:
         ce = F.cross_entropy(logits, labels, reduction="none")
         return (w[positive] * ce).sum()
 
-    @torch.inference_mode()
-    def item_vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Served item vectors (item tower output) and the hit mask. Reads create nothing."""
-        rows, hit = self.ps.pull(ITEMS, ids)
-        return self.towers.items(torch.from_numpy(rows)).numpy(), hit
+    def _session_loss(
+        self,
+        batch: list[Interaction],
+        positive: torch.Tensor,
+        v: torch.Tensor,
+        cand_pos: dict[str, int],
+    ) -> torch.Tensor:
+        """Skip-gram over sessions: each positive predicts the session's next positive item."""
+        last: dict[str, int] = {}
+        context, target = [], []
+        for e, p in sorted(zip(batch, positive.tolist(), strict=True), key=lambda ep: ep[0].ts):
+            if not p or e.session_id is None:
+                continue
+            here = cand_pos[e.item_id]
+            prev = last.get(e.session_id)
+            if prev is not None and prev != here:
+                context.append(prev)
+                target.append(here)
+            last[e.session_id] = here
+        if not context:
+            return torch.zeros(())
+        logits = self.sim.scores(v[context], v) / self.config.temperature
+        logits[torch.arange(len(context)), torch.tensor(context)] = float("-inf")
+        return F.cross_entropy(logits, torch.tensor(target), reduction="sum")
+
+    def add_content(self, ids: Sequence[str], text: np.ndarray, *, now: float) -> list[str]:
+        """Store items' content rows (the frozen projection of their text embeddings).
+
+        With blending on, an item that has no row yet gets one at its content row: the
+        projection maps text into the row space, so the item's behaviour starts where
+        its content puts it and online updates learn what the text does not say. (This
+        bypasses admission: an item with content is catalogue, not a stray id.) Returns
+        the ids that got a row.
+        """
+        with torch.inference_mode():
+            rows = self.towers.content(torch.from_numpy(np.asarray(text, np.float32))).numpy()
+        self.ps.put(CONTENT, ids, rows, now=now)
+        if self.config.blend_k <= 0 or not self.config.content_init:
+            return []
+        _, hit = self.ps.pull(ITEMS, ids)
+        new = np.flatnonzero(~hit)
+        fresh = [ids[i] for i in new.tolist()]
+        if fresh:
+            self.ps.put(ITEMS, fresh, rows[new], now=now)
+        return fresh
+
+    def _content(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Served content vectors (item tower over the content rows) and which ids have one."""
+        rows, has = self.ps.pull(CONTENT, ids)
+        with torch.inference_mode():
+            return self.sim.serve_items(self.towers.items(torch.from_numpy(rows))).numpy(), has
 
     @torch.inference_mode()
-    def user_vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def item_vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Served item vectors (behaviour blended with content) and the hit mask.
+
+        An item is served once it has a row or content; reads create nothing.
+        """
+        rows, hit = self.ps.pull(ITEMS, ids)
+        behaviour = self.sim.serve_items(self.towers.items(torch.from_numpy(rows))).numpy()
+        if self.config.blend_k <= 0:
+            return behaviour, hit
+        content, has_content = self._content(ids)
+        if not has_content.any():
+            return behaviour, hit
+        a = blend_weight(self.frequency.counts(ids), self.config.blend_k)[:, None]
+        a = np.where(hit[:, None], a, 0.0)  # content only, until the item has a row
+        a = np.where(has_content[:, None], a, 1.0)
+        return self._mix(a, behaviour, content), hit | has_content
+
+    @torch.inference_mode()
+    def user_vectors(
+        self, ids: Sequence[str], recent: Mapping[str, Sequence[str]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Served user vectors and the hit mask.
+
+        ``recent``: a user's items in the current session. A user with few updates is
+        blended with the mean of those items' vectors (a user with no row at all is
+        served that mean); with neither, there is no vector (popularity is the caller's
+        fallback).
+        """
         rows, hit = self.ps.pull(USERS, ids)
-        return self.towers.users(torch.from_numpy(rows)).numpy(), hit
+        vectors = self.sim.serve_users(self.towers.users(torch.from_numpy(rows))).numpy()
+        if not recent or self.config.blend_k <= 0:
+            return vectors, hit
+        prior = np.zeros_like(vectors)
+        has_prior = np.zeros(len(ids), dtype=bool)
+        for n, user in enumerate(ids):
+            items = list(dict.fromkeys(recent.get(user, ())))
+            if items:
+                item_vecs, item_hit = self.item_vectors(items)
+                if item_hit.any():
+                    prior[n] = self.sim.serve_users(item_vecs[item_hit].mean(axis=0))
+                    has_prior[n] = True
+        updates, _ = self.ps.meta(USERS, ids)
+        a = blend_weight(np.maximum(updates, 0), self.config.blend_k)[:, None]
+        a = np.where(hit[:, None], a, 0.0)
+        a = np.where(has_prior[:, None], a, 1.0)
+        return self._mix(a, vectors, prior, users=True), hit | has_prior
+
+    def _mix(
+        self, a: np.ndarray, behaviour: np.ndarray, prior: np.ndarray, users: bool = False
+    ) -> np.ndarray:
+        out = (a * behaviour + (1.0 - a) * prior).astype(np.float32)
+        if self.sim.kind == "cosine":  # a blend of unit vectors is shorter: serve it unit again
+            out = self.sim.serve_users(out) if users else self.sim.serve_items(out)
+        return out

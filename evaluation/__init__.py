@@ -1,0 +1,1 @@
+"""Offline evaluation: prequential replay of a stream against baselines."""

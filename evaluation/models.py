@@ -1,0 +1,190 @@
+"""The contenders of the evaluation, behind :class:`~evaluation.prequential.Model`.
+
+* :class:`Streambed` — the system's own learner: an :class:`~stream.training.OnlineTrainer`
+  started from the bootstrap, updated online per micro-batch (or ``online=False``:
+  the bootstrap frozen), served with content blending (or ``blend_k=0``: without).
+* :class:`Popularity` — the most popular items over a recent window of positives.
+* :class:`ALS` — ``implicit``'s alternating least squares, retrained from scratch on
+  everything seen so far every ``retrain_every`` interactions (a batch peer).
+
+Examples
+--------
+>>> from stream.schemas import Interaction
+>>> pop = Popularity(window=3)
+>>> pop.learn([Interaction(f"e{n}", "u", i, "click", 0.0) for n, i in enumerate("abb")])
+>>> pop.recommend(["u"], {}, 2, ["a", "b", "c"])
+[['b', 'a']]
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter, deque
+from dataclasses import replace
+
+import numpy as np
+from scipy import sparse
+
+from evaluation.prequential import top_k
+from stream.bootstrap import Bootstrapped, load_into
+from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction
+from stream.training import OnlineTrainer, TrainConfig
+
+log = logging.getLogger("streambed.evaluation")
+
+
+class Popularity:
+    """Top items by positive events among the last ``window`` positives (ties: arrival order)."""
+
+    def __init__(self, window: int = 20_000, name: str = "popularity") -> None:
+        self.name = name
+        self.recent: deque[str] = deque(maxlen=window)
+        self.counts: Counter[str] = Counter()
+
+    def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:
+        pass
+
+    def learn(self, batch: list[Interaction]) -> None:
+        for e in batch:
+            if DEFAULT_TYPE_WEIGHTS.get(e.type, 0.0) > 0:
+                if len(self.recent) == self.recent.maxlen:
+                    self.counts[self.recent[0]] -= 1
+                self.recent.append(e.item_id)
+                self.counts[e.item_id] += 1
+
+    def ranked(self, k: int, candidates: list[str]) -> list[str]:
+        scores = np.array([self.counts.get(i, 0) for i in candidates], dtype=np.float64)
+        return top_k(scores[None, :], candidates, k)[0]
+
+    def recommend(
+        self, users: list[str], sessions: dict[str, list[str]], k: int, candidates: list[str]
+    ) -> list[list[str]]:
+        top = self.ranked(k, candidates)
+        return [top] * len(users)
+
+
+class Streambed:
+    """The online learner (or, with ``online=False``, the frozen bootstrap)."""
+
+    def __init__(
+        self, name: str, boot: Bootstrapped, config: TrainConfig, *, online: bool = True
+    ) -> None:
+        self.name = name
+        self.online = online
+        self.trainer = OnlineTrainer.create(replace(config, dim=boot.config.dim))
+        load_into(self.trainer, copy.deepcopy(boot))
+        self.fallback = Popularity(name=f"{name}-fallback")
+        self._ids: list[str] = []
+        self._matrix: np.ndarray | None = None
+
+    def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:
+        self.trainer.add_content(ids, text, now=ts)
+        self._matrix = None
+
+    def learn(self, batch: list[Interaction]) -> None:
+        self.fallback.learn(batch)
+        if self.online:
+            self.trainer.apply(batch)
+            self._matrix = None
+
+    def _items(self, candidates: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self._matrix is None or self._ids != candidates:
+            self._ids = list(candidates)
+            self._matrix, self._hit = self.trainer.item_vectors(self._ids)
+        return self._matrix, self._hit
+
+    def recommend(
+        self, users: list[str], sessions: dict[str, list[str]], k: int, candidates: list[str]
+    ) -> list[list[str]]:
+        if not users:
+            return []
+        matrix, servable = self._items(candidates)
+        ids = [i for i, ok in zip(candidates, servable.tolist(), strict=True) if ok]
+        matrix = matrix[servable]
+        vectors, hit = self.trainer.user_vectors(users, sessions)
+        scores = self.trainer.sim.scores(vectors, matrix)
+        personal = top_k(scores, ids, k)
+        popular = self.fallback.ranked(k, candidates)
+        return [p if h else popular for p, h in zip(personal, hit.tolist(), strict=True)]
+
+
+class ALS:
+    """``implicit`` ALS retrained every ``retrain_every`` interactions on all data so far."""
+
+    def __init__(
+        self,
+        history: list[Interaction],
+        *,
+        factors: int = 32,
+        retrain_every: int = 5_000,
+        regularization: float = 0.05,
+        iterations: int = 15,
+        seed: int = 0,
+        name: str = "als",
+    ) -> None:
+        self.name = name
+        self.factors, self.reg, self.iterations, self.seed = (
+            factors,
+            regularization,
+            iterations,
+            seed,
+        )
+        self.retrain_every = retrain_every
+        self.events: list[Interaction] = [e for e in history if _weight(e) > 0]
+        self.fallback = Popularity(name=f"{name}-fallback")
+        self.fallback.learn(history)
+        self.since = 0
+        self.retrains = 0
+        self._fit()
+
+    def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:
+        pass
+
+    def _fit(self) -> None:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        self.users = {u: n for n, u in enumerate(dict.fromkeys(e.user_id for e in self.events))}
+        self.items = list(dict.fromkeys(e.item_id for e in self.events))
+        item_at = {i: n for n, i in enumerate(self.items)}
+        rows = [self.users[e.user_id] for e in self.events]
+        cols = [item_at[e.item_id] for e in self.events]
+        vals = [_weight(e) for e in self.events]
+        # confidence: summed event-type weights (duplicates add up in the CSR)
+        self.user_items = sparse.csr_matrix(
+            (np.array(vals, dtype=np.float32), (rows, cols)),
+            shape=(len(self.users), len(self.items)),
+        )
+        self.model = AlternatingLeastSquares(
+            factors=self.factors, regularization=self.reg, iterations=self.iterations,
+            random_state=self.seed, num_threads=1, calculate_training_loss=False,
+        )  # fmt: skip
+        self.model.fit(self.user_items, show_progress=False)
+        self.retrains += 1
+
+    def learn(self, batch: list[Interaction]) -> None:
+        self.fallback.learn(batch)
+        self.events.extend(e for e in batch if _weight(e) > 0)
+        self.since += len(batch)
+        if self.since >= self.retrain_every:
+            self.since = 0
+            self._fit()
+
+    def recommend(
+        self, users: list[str], sessions: dict[str, list[str]], k: int, candidates: list[str]
+    ) -> list[list[str]]:
+        popular = self.fallback.ranked(k, candidates)
+        known = [u for u in users if u in self.users]
+        out = {u: popular for u in users}
+        if known:
+            rows = np.array([self.users[u] for u in known])
+            ids, _ = self.model.recommend(
+                rows, self.user_items[rows], N=k, filter_already_liked_items=False
+            )
+            for u, row in zip(known, np.atleast_2d(ids).tolist(), strict=True):
+                out[u] = [self.items[j] for j in row if j >= 0]
+        return [out[u] for u in users]
+
+
+def _weight(e: Interaction) -> float:
+    return DEFAULT_TYPE_WEIGHTS.get(e.type, 0.0) * (1.0 if e.weight is None else e.weight)

@@ -1,0 +1,221 @@
+"""Bootstrap, content blending, similarity settings and the session objective (pure logic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from paramserver.ps import ParameterServer
+from stream.bootstrap import BootstrapConfig, Bootstrapped, bootstrap, load_into
+from stream.model import TwoTower
+from stream.schemas import Interaction
+from stream.similarity import Similarity, blend_weight
+from stream.training import CONTENT, ITEMS, USERS, OnlineTrainer, TrainConfig
+
+
+def clicks(n: int, users: int = 6, items: int = 6, offset: int = 0) -> list[Interaction]:
+    # user u likes item i == u (mod items): a learnable diagonal
+    return [
+        Interaction(
+            f"e{offset + k}",
+            f"u{k % users}",
+            f"i{k % users % items}",
+            "click",
+            float(offset + k),
+            session_id=f"s{k % users}",
+        )  # fmt: skip
+        for k in range(n)
+    ]
+
+
+def text_of(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def boot() -> Bootstrapped:
+    content = dict(zip([f"i{k}" for k in range(6)], text_of(6), strict=True))
+    return bootstrap(clicks(600), content, BootstrapConfig(dim=8, epochs=15, batch_size=32))
+
+
+def test_bootstrap_learns_the_history(boot: Bootstrapped) -> None:
+    assert boot.losses[-1] < 0.5 * boot.losses[0]
+    trainer = content_trainer()
+    load_into(trainer, boot)
+    users, _ = trainer.user_vectors([f"u{k}" for k in range(6)])
+    items, _ = trainer.item_vectors([f"i{k}" for k in range(6)])
+    assert (np.argmax(users @ items.T, axis=1) == np.arange(6)).all()
+
+
+def test_bootstrap_towers_are_frozen_and_stay_frozen_online(boot: Bootstrapped) -> None:
+    assert not any(p.requires_grad for p in boot.towers.parameters())
+    trainer = content_trainer()
+    load_into(trainer, boot)
+    before = {k: v.clone() for k, v in trainer.towers.state_dict().items()}
+    trainer.add_content(["new"], text_of(1, seed=3), now=700.0)
+    for step in range(5):
+        extra = Interaction(f"x{step}", "u1", "new", "like", 2000.0 + step, session_id="s1")
+        trainer.apply([*clicks(32, offset=1000 + 32 * step), extra])
+    assert not any(p.requires_grad for p in trainer.towers.parameters())
+    for key, value in trainer.towers.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    for key, value in boot.towers.state_dict().items():
+        assert torch.equal(value, before[key]), key  # the installed weights are the bootstrap's
+
+
+def test_bootstrap_checkpoint_round_trip(boot: Bootstrapped, tmp_path: Path) -> None:
+    path = tmp_path / "boot.pt"
+    boot.save(path)
+    back = Bootstrapped.load(path)
+    assert back.users == boot.users and back.items == boot.items
+    np.testing.assert_array_equal(back.item_rows, boot.item_rows)
+    np.testing.assert_array_equal(back.user_counts, boot.user_counts)
+    for key, value in boot.towers.state_dict().items():
+        assert torch.equal(back.towers.state_dict()[key], value)
+    assert not any(p.requires_grad for p in back.towers.parameters())
+    with pytest.raises(FileNotFoundError):
+        Bootstrapped.load(tmp_path / "missing.pt")
+
+
+def test_load_into_puts_rows_counts_and_frequency(boot: Bootstrapped) -> None:
+    trainer = content_trainer()
+    load_into(trainer, boot)
+    rows, hit = trainer.ps.pull(ITEMS, boot.items)
+    assert hit.all()
+    np.testing.assert_array_equal(rows, boot.item_rows)
+    updates, _ = trainer.ps.meta(USERS, boot.users)
+    assert updates.tolist() == boot.user_counts.astype(int).tolist()
+    assert trainer.frequency.counts(["i0"]).tolist() == [100.0]
+    with pytest.raises(ValueError, match="dim"):
+        load_into(OnlineTrainer.create(TrainConfig(dim=4)), boot)
+
+
+def test_bootstrap_needs_positives() -> None:
+    with pytest.raises(ValueError, match="positive events"):
+        bootstrap([Interaction("e", "u", "i", "skip", 1.0)], {}, BootstrapConfig(dim=4))
+
+
+def content_trainer(**kw: object) -> OnlineTrainer:
+    """A trainer whose content projection takes the 16-d test text vectors."""
+    cfg = TrainConfig(dim=8, negatives=2, **kw)  # type: ignore[arg-type]
+    return OnlineTrainer(ParameterServer(cfg.tables()), TwoTower.create(8, content_dim=16), cfg)
+
+
+def test_a_new_item_is_served_from_its_content_alone() -> None:
+    trainer = content_trainer(content_init=False)
+    vecs, hit = trainer.item_vectors(["new", "unknown"])
+    assert hit.tolist() == [False, False]
+    trainer.add_content(["new"], text_of(1), now=1.0)
+    vecs, hit = trainer.item_vectors(["new", "unknown"])
+    assert hit.tolist() == [True, False]
+    content, _ = trainer._content(["new"])
+    np.testing.assert_allclose(vecs[0], content[0], atol=1e-6)
+    assert trainer.ps.pull(ITEMS, ["new"])[1].tolist() == [False]  # reading made no row
+
+
+def test_blend_moves_from_content_to_behaviour_with_interactions() -> None:
+    trainer = content_trainer(content_init=False, blend_k=2.0)
+    trainer.add_content(["a"], text_of(1), now=1.0)
+    content, _ = trainer._content(["a"])
+    trainer.apply([Interaction("e0", "u", "a", "click", 2.0)])
+    trainer.apply([Interaction("e1", "u", "a", "click", 3.0)])  # n = 2 -> a(n) = 0.5
+    rows, _ = trainer.ps.pull(ITEMS, ["a"])
+    behaviour = trainer.sim.serve_items(trainer.towers.items(torch.from_numpy(rows))).numpy()
+    expected = trainer.sim.serve_items(0.5 * behaviour + 0.5 * content)
+    np.testing.assert_allclose(trainer.item_vectors(["a"])[0], expected, atol=1e-5)
+
+
+def test_without_blending_content_is_never_used() -> None:
+    trainer = content_trainer(blend_k=0.0)
+    assert trainer.add_content(["a"], text_of(1), now=1.0) == []
+    assert trainer.item_vectors(["a"])[1].tolist() == [False]
+
+
+def test_content_init_gives_a_new_item_its_content_row() -> None:
+    trainer = content_trainer(content_init=True)
+    assert trainer.add_content(["a"], text_of(1), now=1.0) == ["a"]
+    np.testing.assert_array_equal(
+        trainer.ps.pull(ITEMS, ["a"])[0], trainer.ps.pull(CONTENT, ["a"])[0]
+    )
+    assert trainer.add_content(["a"], text_of(1, seed=5), now=2.0) == []  # a row is kept
+
+
+def test_a_new_user_is_served_from_the_session_items() -> None:
+    trainer = content_trainer(content_init=False)
+    trainer.add_content(["a", "b"], text_of(2), now=1.0)
+    vec, hit = trainer.user_vectors(["stranger"], {"stranger": ["a", "b"]})
+    items, _ = trainer.item_vectors(["a", "b"])
+    assert hit.tolist() == [True]
+    np.testing.assert_allclose(vec[0], trainer.sim.serve_users(items.mean(axis=0)), atol=1e-6)
+    assert trainer.user_vectors(["stranger"])[1].tolist() == [False]  # nothing: popularity
+
+
+def test_session_skip_gram_moves_item_rows_only() -> None:
+    trainer = content_trainer(session_weight=1.0)
+    batch = [
+        Interaction(f"e{k}", "u", f"i{k}", "click", float(k), session_id="s") for k in range(3)
+    ]
+    trainer.apply(batch)  # admit rows
+    plain = content_trainer(session_weight=0.0)
+    plain.apply(batch)
+    more = [Interaction(f"f{k}", "u", f"i{k}", "click", 10.0 + k, session_id="s") for k in range(3)]
+    trainer.apply(more)
+    plain.apply(more)
+    ids = ["i0", "i1", "i2"]
+    assert not np.allclose(trainer.ps.pull(ITEMS, ids)[0], plain.ps.pull(ITEMS, ids)[0])
+    np.testing.assert_allclose(trainer.ps.pull(USERS, ["u"])[0], plain.ps.pull(USERS, ["u"])[0])
+
+
+@pytest.mark.parametrize("kind", ["cosine", "dot", "l2"])
+def test_similarity_settings_rank_like_their_definition(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    u, v = rng.normal(size=(3, 4)), rng.normal(size=(7, 4)) * rng.uniform(0.2, 5, size=(7, 1))
+    sim = Similarity(kind)
+    scores = sim.scores(sim.serve_users(u), sim.serve_items(v))
+    if kind == "cosine":
+        truth = (u / np.linalg.norm(u, axis=1, keepdims=True)) @ (
+            v / np.linalg.norm(v, axis=1, keepdims=True)
+        ).T
+    elif kind == "dot":
+        truth = u @ v.T
+    else:
+        truth = -((u[:, None, :] - v[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(scores, truth, atol=1e-9)
+
+
+def test_norm_power_damps_long_item_vectors() -> None:
+    long, short = np.array([[10.0, 0.0]]), np.array([[0.0, 1.0]])
+    u = np.array([[0.3, 1.0]])
+    for power, winner in ((1.0, 0), (0.0, 1)):
+        sim = Similarity("dot", norm_power=power)
+        scores = sim.scores(u, sim.serve_items(np.vstack([long, short])))
+        assert int(np.argmax(scores)) == winner
+    with pytest.raises(ValueError):
+        Similarity("manhattan")
+    with pytest.raises(ValueError):
+        Similarity("dot", norm_power=2.0)
+
+
+def test_blend_weight_is_monotone_and_bounded() -> None:
+    a = blend_weight(np.arange(100), k=5.0)
+    assert a[0] == 0 and (np.diff(a) > 0).all() and a[-1] < 1
+    assert blend_weight(np.array([0, 3]), k=0).tolist() == [1.0, 1.0]
+
+
+def test_put_sets_rows_without_admission_and_validates() -> None:
+    ps = ParameterServer(TrainConfig(dim=4, min_count=3).tables())
+    ps.put(ITEMS, ["a", "b"], np.ones((2, 4)), now=5.0, updates=np.array([7, 0]))
+    assert ps.pull(ITEMS, ["a", "b"])[1].all()
+    assert ps.meta(ITEMS, ["a"])[0].tolist() == [7]
+    with pytest.raises(ValueError, match="shape"):
+        ps.put(ITEMS, ["c"], np.ones((1, 3)), now=1.0)
+    with pytest.raises(ValueError, match="once"):
+        ps.put(ITEMS, ["c", "c"], np.ones((2, 4)), now=1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        ps.put(ITEMS, ["c"], np.full((1, 4), np.nan), now=1.0)
+    assert ps.pull(ITEMS, ["c"])[1].tolist() == [False]  # nothing written by refused puts
