@@ -25,6 +25,7 @@ from dataclasses import replace
 
 import numpy as np
 from scipy import sparse
+from threadpoolctl import threadpool_limits
 
 from evaluation.prequential import top_k
 from stream.bootstrap import Bootstrapped, load_into
@@ -155,11 +156,12 @@ class ALS:
             (np.array(vals, dtype=np.float32), (rows, cols)),
             shape=(len(self.users), len(self.items)),
         )
-        self.model = AlternatingLeastSquares(
-            factors=self.factors, regularization=self.reg, iterations=self.iterations,
-            random_state=self.seed, num_threads=1, calculate_training_loss=False,
-        )  # fmt: skip
-        self.model.fit(self.user_items, show_progress=False)
+        with threadpool_limits(1, "blas"):  # implicit's own advice: BLAS threads slow ALS
+            self.model = AlternatingLeastSquares(
+                factors=self.factors, regularization=self.reg, iterations=self.iterations,
+                random_state=self.seed, num_threads=1, calculate_training_loss=False,
+            )  # fmt: skip
+            self.model.fit(self.user_items, show_progress=False)
         self.retrains += 1
 
     def learn(self, batch: list[Interaction]) -> None:

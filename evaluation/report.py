@@ -64,19 +64,24 @@ def write(result: EvalResult, meta: dict[str, Any], out: Path, window: int = 2_0
     cold = result.cold_start()
     names = list(cold)
     buckets = [b["bucket"] for b in cold[names[0]]]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / len(names)
-    for n, name in enumerate(names):
-        ys = [0.0 if math.isnan(b["recall"]) else b["recall"] for b in cold[name]]
-        ax.bar([x + n * width for x in range(len(buckets))], ys, width, label=name)
     counts = [b["targets"] for b in cold[names[0]]]
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(buckets))])
-    ax.set_xticklabels([f"{b}\n(n={c})" for b, c in zip(buckets, counts, strict=True)])
-    ax.set_xlabel("positive events the target item had before (cold -> warm)")
-    ax.set_ylabel(f"recall@{result.k}")
-    ax.set_title("Cold start: recall by item interaction count")
-    ax.legend()
-    ax.grid(alpha=0.3, axis="y")
+    cold_end = next((n for n, b in enumerate(buckets) if b.startswith("5")), len(buckets))
+    fig, (ax_all, ax_cold) = plt.subplots(
+        1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [len(buckets), cold_end]}
+    )
+    width = 0.8 / len(names)
+    for ax, upto in ((ax_all, len(buckets)), (ax_cold, cold_end)):
+        for n, name in enumerate(names):
+            ys = [0.0 if math.isnan(b["recall"]) else b["recall"] for b in cold[name][:upto]]
+            ax.bar([x + n * width for x in range(upto)], ys, width, label=name)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(upto)])
+        ax.set_xticklabels([f"{b}\n(n={c})" for b, c in zip(buckets[:upto], counts, strict=False)])
+        ax.set_ylabel(f"recall@{result.k}")
+        ax.grid(alpha=0.3, axis="y")
+    ax_all.set_xlabel("positive events the target item had before (cold -> warm)")
+    ax_all.set_title("Cold start: recall by item interaction count")
+    ax_cold.set_title("zoom: fewer than 5 interactions")
+    ax_all.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(paths[3], dpi=120)
     plt.close(fig)

@@ -203,6 +203,6 @@ def _records(
     updates, _ = trainer.ps.meta(table, ids)
     return [
         # event_ms 0: changed only as a sampled negative, no event of its own to time
-        VectorRecord(key, vec, int(n), first_ms.get(key, 0))
+        VectorRecord(key, vec, max(int(n), 0), first_ms.get(key, 0))  # -1: content only
         for key, vec, n in zip(ids, vectors, updates.tolist(), strict=True)
     ]

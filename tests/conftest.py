@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-# torch sets this once, lazily, the first time an optimizer steps; not a test's doing
-TORCH_SETS = {"TORCHINDUCTOR_CACHE_DIR"}
+# libraries set these once, lazily, on first use; not a test's doing: torch the first time
+# an optimizer steps, implicit (the evaluation's ALS) when it is first imported
+TORCH_SETS = {"TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK"}
 
 
 @pytest.fixture(autouse=True)

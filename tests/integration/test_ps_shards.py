@@ -97,6 +97,16 @@ def test_two_remote_shards_behave_like_the_in_process_server(shards: list[Shard]
         assert remote.sample("items", 50, seed=1) == sampled  # seeded: deterministic
         assert remote.pull("users", ["nobody"])[1].tolist() == [False]  # reads create nothing
         assert remote.size("users") == 0
+        # put (a bootstrap's rows) lands on the right shards, with its update counts
+        rows = rng.standard_normal((40, 8)).astype(np.float32)
+        users = [f"boot-{n}" for n in range(40)]
+        counts = np.arange(40)
+        remote.put("users", users, rows, now=9.0, updates=counts)
+        local.put("users", users, rows, now=9.0, updates=counts)
+        assert np.array_equal(remote.pull("users", users)[0], rows)
+        assert remote.meta("users", users)[0].tolist() == counts.tolist()
+        with pytest.raises(ValueError, match="shape"):
+            remote.put("users", ["x"], rows[:1, :4], now=1.0)
     finally:
         remote.close()
 

@@ -219,3 +219,45 @@ def test_put_sets_rows_without_admission_and_validates() -> None:
     with pytest.raises(ValueError, match="NaN"):
         ps.put(ITEMS, ["c"], np.full((1, 4), np.nan), now=1.0)
     assert ps.pull(ITEMS, ["c"])[1].tolist() == [False]  # nothing written by refused puts
+
+
+def test_items_topic_records_become_served_vectors_and_bad_ones_dead_letters() -> None:
+    from stream.core import RawRecord, WorkerCore
+
+    core = WorkerCore(content_trainer(content_init=False))
+    good = RawRecord(b'{"title": "espresso skillet", "tags": ["kitchen"]}', 5000, key=b"new")
+    again = RawRecord(b'{"title": "espresso skillet v2"}', 6000, key=b"new")
+    bad = [
+        RawRecord(b'{"title": "x"}', 1, key=None),
+        RawRecord(b"{oops", 1, key=b"b"),
+        RawRecord(b'{"title": "", "tags": []}', 1, key=b"c"),
+        RawRecord(b'{"title": 7}', 1, key=b"d"),
+        RawRecord(b"[1]", 1, key=b"e"),
+    ]
+    seen: list[list[str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        seen.append(texts)
+        return text_of(len(texts))
+
+    out = core.add_items([good, *bad, again], encode)
+    assert [d.reason for d in out.dead_letters] == [
+        "missing_item_id", "bad_json", "missing_content", "bad_content", "not_an_object"
+    ]  # fmt: skip
+    assert seen == [["espresso skillet v2"]]  # the latest content of an item wins
+    assert [(r.key, r.event_ms, r.updates) for r in out.items] == [("new", 6000, 0)]
+    np.testing.assert_allclose(out.items[0].vector, core.trainer.item_vectors(["new"])[0][0])
+    assert core.trainer.item_vectors(["new"])[1].tolist() == [True]
+
+
+def test_a_cold_users_first_vector_leans_on_the_batch_items() -> None:
+    from stream.core import RawRecord, WorkerCore
+
+    core = WorkerCore(content_trainer(content_init=False, blend_k=5.0))
+    core.trainer.add_content(["a"], text_of(1), now=1.0)
+    event = b'{"event_id":"e1","user_id":"fresh","item_id":"a","type":"click","ts":5}'
+    out = core.process([RawRecord(event, 1000)])
+    user = out.users[0]
+    rows, _ = core.trainer.ps.pull(USERS, ["fresh"])
+    alone = core.trainer.sim.serve_users(core.trainer.towers.users(torch.from_numpy(rows)))
+    assert not np.allclose(user.vector, alone.detach().numpy()[0])  # blended with item a

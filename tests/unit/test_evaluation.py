@@ -1,0 +1,165 @@
+"""The prequential harness and the contenders, on small generated streams (no broker)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation.data import ItemArrival, generated_stream, read_jsonl, split, write_jsonl
+from evaluation.models import ALS, Popularity, Streambed
+from evaluation.prequential import EvalConfig, prequential, top_k
+from evaluation.report import write
+from evaluation.run import CachedEncoder, RunConfig, run
+from stream.bootstrap import BootstrapConfig, bootstrap
+from stream.schemas import Interaction
+
+
+def fake_encode(texts: list[str]) -> np.ndarray:
+    """Bag of hashed words (pure, deterministic): enough to tell themes apart in tests."""
+    out = np.zeros((len(texts), 384), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in text.replace(".", " ").replace(",", " ").split():
+            out[row, sum(map(ord, word)) % 384] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+class Recorder:
+    """Records what it was shown, to check test-then-train ordering."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.learnt: list[str] = []
+        self.asked_after: list[int] = []
+        self.items: list[str] = []
+
+    def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:
+        self.items.extend(ids)
+
+    def recommend(self, users, sessions, k, candidates):  # type: ignore[no-untyped-def]
+        self.asked_after.append(len(self.learnt))
+        return [list(candidates[:k]) for _ in users]
+
+    def learn(self, batch: list[Interaction]) -> None:
+        self.learnt.extend(e.event_id for e in batch)
+
+
+def test_each_batch_is_tested_before_it_is_learnt() -> None:
+    stream = [ItemArrival(f"i{n}", f"item {n}", 0.0) for n in range(3)] + [
+        Interaction(f"e{n}", "u", f"i{n % 3}", "click", float(n)) for n in range(6)
+    ]
+    rec = Recorder()
+    result = prequential(stream, [rec], fake_encode, EvalConfig(k=2, batch_size=2))
+    assert rec.asked_after == [0, 2, 4]  # asked before each batch was learnt
+    assert rec.learnt == [f"e{n}" for n in range(6)]
+    # top-2 is always [i0, i1]: targets i0, i1, i2, i0, i1, i2 -> ranks 0, 1, miss, ...
+    assert result.rank["recorder"] == [0, 1, -1, 0, 1, -1]
+    summary = result.summary()["recorder"]
+    assert summary["recall"] == pytest.approx(4 / 6)
+    assert summary["ndcg"] == pytest.approx((2 * 1.0 + 2 / math.log2(3)) / 6)
+    assert result.item_count == [0, 0, 0, 1, 1, 1]
+
+
+def test_events_on_items_without_content_are_not_targets() -> None:
+    stream = [
+        ItemArrival("a", "a", 0.0),
+        Interaction("e1", "u", "ghost", "click", 1.0),
+        Interaction("e2", "u", "a", "view", 2.0),
+        Interaction("e3", "u", "a", "like", 3.0),
+    ]
+    result = prequential(stream, [Recorder()], fake_encode, EvalConfig(k=1, batch_size=10))
+    assert result.summary()["recorder"]["targets"] == 1  # views and unknown items don't count
+
+
+def test_cold_start_buckets_and_rolling_recall() -> None:
+    stream = [ItemArrival("a", "a", 0.0)] + [
+        Interaction(f"e{n}", "u", "a", "click", float(n)) for n in range(30)
+    ]
+    result = prequential(stream, [Recorder()], fake_encode, EvalConfig(k=1, batch_size=1))
+    rows = {r["bucket"]: r["targets"] for r in result.cold_start()["recorder"]}
+    assert rows == {"0": 1, "1": 1, "2-4": 3, "5-9": 5, "10-19": 10, "20-49": 10, "50+": 0}
+    assert result.over_time(10)["recorder"].tolist() == [1.0] * 21
+
+
+def test_top_k_orders_best_first() -> None:
+    scores = np.array([[0.1, 0.9, 0.5, 0.7]])
+    assert top_k(scores, ["a", "b", "c", "d"], 3) == [["b", "d", "c"]]
+    assert top_k(scores, ["a", "b", "c", "d"], 10) == [["b", "d", "c", "a"]]
+
+
+def test_popularity_forgets_outside_its_window() -> None:
+    pop = Popularity(window=2)
+    pop.learn([Interaction(f"e{n}", "u", i, "click", 0.0) for n, i in enumerate("aab")])
+    assert pop.counts["a"] == 1 and pop.counts["b"] == 1
+    pop.learn([Interaction("s", "u", "c", "skip", 0.0)])  # skips are not popularity
+    assert pop.counts["c"] == 0
+
+
+def test_als_retrains_and_serves_known_users() -> None:
+    # user u clicks items i(2u) and i(2u + 1)
+    events = [Interaction(f"e{n}", f"u{n % 4}", f"i{(n % 4) * 2 + (n // 4) % 2}", "click", n)
+              for n in range(200)]  # fmt: skip
+    als = ALS(events[:100], factors=4, retrain_every=50, iterations=5)
+    als.learn(events[100:160])
+    assert als.retrains == 2
+    recs = als.recommend(["u1", "stranger"], {}, 2, [f"i{n}" for n in range(8)])
+    assert set(recs[0]) == {"i2", "i3"}  # u1's items
+    assert len(recs[1]) == 2  # popularity for a user ALS has never seen
+
+
+def test_streambed_online_learns_and_frozen_does_not() -> None:
+    stream = generated_stream(users=40, items=80, clusters=3, events=3000, seed=2)
+    history, rest = split(stream, 0.5)
+    arrivals = {r.item_id: r.text for r in history if isinstance(r, ItemArrival)}
+    content = dict(zip(arrivals, fake_encode(list(arrivals.values())), strict=True))
+    events = [r for r in history if isinstance(r, Interaction)]
+    boot = bootstrap(events, content, BootstrapConfig(dim=8, epochs=2))
+    from stream.training import TrainConfig
+
+    online = Streambed("online", boot, TrainConfig(dim=8))
+    frozen = Streambed("frozen", boot, TrainConfig(dim=8), online=False)
+    before = frozen.trainer.ps.pull("items", boot.items[:5])[0].copy()
+    seed_items = [r for r in history if isinstance(r, ItemArrival)]
+    result = prequential(seed_items + rest, [online, frozen], CachedEncoder(fake_encode),
+                         EvalConfig(k=10, batch_size=64))  # fmt: skip
+    np.testing.assert_array_equal(frozen.trainer.ps.pull("items", boot.items[:5])[0], before)
+    assert not np.array_equal(online.trainer.ps.pull("items", boot.items[:5])[0], before)
+    summary = result.summary()
+    assert summary["online"]["targets"] == summary["frozen"]["targets"] > 100
+    assert 0.0 < summary["frozen"]["recall"] <= 1.0
+
+
+def test_run_writes_the_table_and_plots(tmp_path: Path) -> None:
+    cfg = RunConfig(out=tmp_path / "eval", events=2000, users=30, items=60, clusters=3,
+                    epochs=1, dim=8, als_every=500)  # fmt: skip
+    out = run(cfg, encode=fake_encode)
+    for path in out["paths"]:
+        assert path.exists() and path.stat().st_size > 0
+    assert (tmp_path / "eval" / "recall_over_time.png").read_bytes()[:4] == b"\x89PNG"
+    body = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(body["summary"]) >= {"online", "frozen bootstrap", "popularity"}
+    table = (tmp_path / "eval" / "table.md").read_text()
+    assert "| online |" in table and "interactions before" in table
+
+
+def test_stream_files_round_trip_and_reject_bad_lines(tmp_path: Path) -> None:
+    stream = generated_stream(users=5, items=20, clusters=2, events=30, seed=0)
+    path = tmp_path / "s.jsonl"
+    write_jsonl(stream, path)
+    back = read_jsonl(path)
+    assert [type(r) for r in back] == [type(r) for r in stream]
+    assert [r.ts for r in back] == [r.ts for r in stream]
+    path.write_text(path.read_text() + '{"event_id": "x", "type": "poke"}\n')
+    with pytest.raises(ValueError, match=r"s\.jsonl:\d+"):
+        read_jsonl(path)
+
+
+def test_report_write_survives_empty_buckets(tmp_path: Path) -> None:
+    stream = [ItemArrival("a", "a", 0.0), Interaction("e", "u", "a", "click", 1.0)]
+    result = prequential(stream, [Recorder()], fake_encode, EvalConfig())
+    paths = write(result, {"note": "tiny"}, tmp_path)
+    assert all(p.exists() for p in paths)
