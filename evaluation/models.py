@@ -121,6 +121,7 @@ class ALS:
         retrain_every: int = 5_000,
         regularization: float = 0.05,
         iterations: int = 15,
+        alpha: float = 1.0,
         seed: int = 0,
         name: str = "als",
     ) -> None:
@@ -132,6 +133,7 @@ class ALS:
             seed,
         )
         self.retrain_every = retrain_every
+        self.alpha = alpha  # confidence = alpha * summed event-type weights
         self.events: list[Interaction] = [e for e in history if _weight(e) > 0]
         self.fallback = Popularity(name=f"{name}-fallback")
         self.fallback.learn(history)
@@ -150,7 +152,7 @@ class ALS:
         item_at = {i: n for n, i in enumerate(self.items)}
         rows = [self.users[e.user_id] for e in self.events]
         cols = [item_at[e.item_id] for e in self.events]
-        vals = [_weight(e) for e in self.events]
+        vals = [self.alpha * _weight(e) for e in self.events]
         # confidence: summed event-type weights (duplicates add up in the CSR)
         self.user_items = sparse.csr_matrix(
             (np.array(vals, dtype=np.float32), (rows, cols)),

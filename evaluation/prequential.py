@@ -60,16 +60,22 @@ class Model(Protocol):
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """``k``: the cut-off of recall/NDCG; ``depth``: how deep ranks are recorded for the
+    diagnostics (recall@depth, median rank), so one run shows how near the misses were."""
+
     k: int = 10
     batch_size: int = 256
+    depth: int = 500
 
 
 @dataclass
 class EvalResult:
-    """Per model: one row per target (position, hit rank or -1, the item's prior count)."""
+    """Per model: one row per target (position, rank within ``depth`` or -1, the item's prior
+    count); a hit is a rank below ``k``."""
 
     k: int
     models: list[str]
+    depth: int = 500
     position: list[int] = field(default_factory=list)  # index of the target among all targets
     ts: list[float] = field(default_factory=list)
     item_count: list[int] = field(default_factory=list)
@@ -77,7 +83,7 @@ class EvalResult:
 
     def _arrays(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         rank = np.array(self.rank[name])
-        hit = rank >= 0
+        hit = (rank >= 0) & (rank < self.k)
         ndcg = np.where(hit, 1.0 / np.log2(np.maximum(rank, 0) + 2.0), 0.0)
         return hit, ndcg
 
@@ -98,12 +104,20 @@ class EvalResult:
         out: dict[str, list[dict[str, Any]]] = {}
         for name in self.models:
             hit, _ = self._arrays(name)
+            rank = np.array(self.rank[name])
+            deep = rank >= 0
+            capped = np.where(deep, rank, self.depth)  # a miss ranks "beyond depth"
             rows = []
             for lo, hi in COLD_BUCKETS:
                 sel = (counts >= lo) & (counts <= hi)
                 label = str(lo) if lo == hi else (f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}")
-                recall = float(hit[sel].mean()) if sel.any() else math.nan
-                rows.append({"bucket": label, "targets": int(sel.sum()), "recall": recall})
+                any_ = bool(sel.any())
+                rows.append({
+                    "bucket": label, "targets": int(sel.sum()),
+                    "recall": float(hit[sel].mean()) if any_ else math.nan,
+                    "recall_deep": float(deep[sel].mean()) if any_ else math.nan,
+                    "median_rank": float(np.median(capped[sel])) if any_ else math.nan,
+                })  # fmt: skip
             out[name] = rows
         return out
 
@@ -132,7 +146,8 @@ def prequential(
     ``progress(n)`` is called with the number of interactions consumed so far.
     """
     weights = DEFAULT_TYPE_WEIGHTS
-    result = EvalResult(k=config.k, models=[m.name for m in models])
+    result = EvalResult(k=config.k, models=[m.name for m in models], depth=config.depth)
+    depth = max(config.depth, config.k)
     counts: dict[str, int] = defaultdict(int, prior_counts or {})
     sessions: dict[str, list[str]] = defaultdict(list)
     candidates: list[str] = []
@@ -158,10 +173,10 @@ def prequential(
         users = list(dict.fromkeys(e.user_id for e in targets))
         user_sessions = {e.user_id: list(sessions.get(e.session_id or "", ())) for e in targets}
         for m in models:
-            recs = dict(zip(users, m.recommend(users, user_sessions, config.k, candidates),
+            recs = dict(zip(users, m.recommend(users, user_sessions, depth, candidates),
                             strict=True))  # fmt: skip
             for e in targets:
-                top = recs[e.user_id][: config.k]
+                top = recs[e.user_id][:depth]
                 result.rank[m.name].append(top.index(e.item_id) if e.item_id in top else -1)
         for e in targets:
             result.position.append(len(result.position))

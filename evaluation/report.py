@@ -26,12 +26,21 @@ def table(result: EvalResult, meta: dict[str, Any]) -> str:
     for b, bucket in enumerate(cold[names[0]]):
         cells = [_fmt(cold[n][b]["recall"]) for n in names]
         lines.append(f"| {bucket['bucket']} | {bucket['targets']} | " + " | ".join(cells) + " |")
+    depth = result.depth
+    lines += ["", f"How near the misses were: recall@{depth} / median rank (misses count as "
+              f"{depth}) by the same buckets:", ""]  # fmt: skip
+    lines.append("| interactions before | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---|" * len(names))
+    for b, bucket in enumerate(cold[names[0]]):
+        cells = [f"{_fmt(cold[n][b]['recall_deep'])} / {_fmt(cold[n][b]['median_rank'], 0)}"
+                 for n in names]  # fmt: skip
+        lines.append(f"| {bucket['bucket']} | " + " | ".join(cells) + " |")
     header = ", ".join(f"{key}={value}" for key, value in meta.items())
     return f"{header}\n\n" + "\n".join(lines) + "\n"
 
 
-def _fmt(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.4f}"
+def _fmt(x: float, digits: int = 4) -> str:
+    return "-" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def write(result: EvalResult, meta: dict[str, Any], out: Path, window: int = 2_000) -> list[Path]:

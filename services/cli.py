@@ -316,7 +316,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         events=args.events, users=args.users, items=args.items, seed=args.seed,
         history_share=args.history_share, dim=args.dim, epochs=args.epochs, k=args.k,
         batch_size=args.batch_size, blend_k=args.blend_k, session_weight=args.session_weight,
-        als_every=args.als_every,
+        als_every=args.als_every, als_factors=args.als_factors,
     ))  # fmt: skip
     return 0
 
@@ -473,6 +473,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     e.add_argument("--session-weight", type=float, default=0.0,
                    help="also evaluate the session skip-gram objective at this weight")  # fmt: skip
     e.add_argument("--als-every", type=int, default=5000, help="ALS retrains every N events")
+    e.add_argument("--als-factors", type=int, default=8)
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="the whole pipeline locally on generated data")

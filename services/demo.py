@@ -1,8 +1,12 @@
 """``streambed demo``: the whole pipeline on generated data, showing recommendations move.
 
-1. start a local KRaft broker (unless ``--bootstrap``), the topics, a worker and an API;
-2. replay a generated history through Kafka, with a progress bar, until it is learnt;
-3. pick an active user and, round after round, send a few clicks/likes on items of
+1. bootstrap offline on the first 40% of a generated history: towers, content projection
+   (item titles through all-MiniLM-L6-v2) and first rows, then frozen;
+2. start a local KRaft broker (unless ``--bootstrap``), the topics, a worker started from
+   that bootstrap, and an API;
+3. replay the rest of the history through Kafka, with a progress bar, until it is learnt;
+4. publish a brand-new item (title only, no interactions) and show it searchable at once;
+5. pick an active user and, round after round, send a few clicks/likes on items of
    a theme that user has not been recommended, printing how that theme's share of the
    user's top-10 grows and how long after the events the recommendations changed.
 """
@@ -35,6 +39,7 @@ class DemoConfig:
     events_per_round: int = 4
     keep_running: bool = False
     wait_timeout: float = 120.0
+    history_share: float = 0.4  # of the generated records, used offline by the bootstrap
 
 
 def wait_until_learnt(pipe: LocalPipeline, expected: int, timeout: float) -> float:
@@ -55,12 +60,41 @@ def theme_share(gen: InteractionGenerator, items: list[dict], cluster: int) -> f
     return sum(gen.cluster_of(i["item_id"]) == cluster for i in items) / max(1, len(items))
 
 
+def bootstrap_offline(gen: InteractionGenerator, history: list, path: Path) -> None:
+    """Train and save the bootstrap (kept: a second demo run reuses it with its checkpoint)."""
+    if path.exists():
+        print(f"using the bootstrap in {path}")
+        return
+    from evaluation.data import ItemArrival, Record
+    from evaluation.run import CachedEncoder, run_bootstrap
+    from stream.bootstrap import BootstrapConfig
+    from stream.content import MiniLM, item_text
+
+    print("bootstrap: loading the content encoder (all-MiniLM-L6-v2, offline) ...")
+    encode = CachedEncoder(MiniLM().encode)
+    records: list[Record] = [
+        ItemArrival(i.item_id, item_text(i.title, i.tags), i.ts) for i in gen.catalogue()
+    ]
+    for rec in history:
+        records.append(ItemArrival(rec.item_id, item_text(rec.title, rec.tags), rec.ts)
+                       if isinstance(rec, ItemInfo) else rec)  # fmt: skip
+    boot = run_bootstrap(records, encode, BootstrapConfig(seed=gen.config.seed))
+    boot.save(path)
+    print(f"bootstrap: {len(boot.users)} users, {len(boot.items)} items, loss "
+          f"{boot.losses[0]:.2f} -> {boot.losses[-1]:.2f}; saved to {path}")  # fmt: skip
+
+
 def run_demo(cfg: DemoConfig) -> int:
     gen = InteractionGenerator(GeneratorConfig(seed=cfg.seed))
+    records = list(gen.replay(cfg.events))
+    cut = int(len(records) * cfg.history_share)
+    boot_path = cfg.state_dir / "bootstrap.pt"
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    bootstrap_offline(gen, records[:cut], boot_path)
     prefix = f"demo{int(time.time())}-" if cfg.bootstrap else ""
     pipe_cfg = PipelineConfig(
         cfg.state_dir, bootstrap=cfg.bootstrap, topic_prefix=prefix,
-        app_id=f"{prefix}streambed-worker",
+        app_id=f"{prefix}streambed-worker", worker_args=("--init-from", str(boot_path)),
     )  # fmt: skip
     print("starting Kafka (KRaft), the stream worker and the retrieval API ...")
     with LocalPipeline(pipe_cfg) as pipe:
@@ -71,20 +105,28 @@ def run_demo(cfg: DemoConfig) -> int:
             for info in gen.catalogue():
                 producer.send_item(info.item_id, {"title": info.title, "tags": list(info.tags)})
             started = time.monotonic()
-            for rec in tqdm(gen.replay(cfg.events), total=cfg.events, desc="producing", unit="ev"):
+            live_events = 0
+            for rec in records[:cut]:
+                if isinstance(rec, ItemInfo):  # arrived during the history: content too
+                    producer.send_item(rec.item_id, {"title": rec.title, "tags": list(rec.tags)})
+                else:
+                    activity[rec.user_id] += 1
+            for rec in tqdm(records[cut:], desc="producing", unit="rec"):
                 if isinstance(rec, ItemInfo):
                     producer.send_item(rec.item_id, {"title": rec.title, "tags": list(rec.tags)})
                 else:
                     producer.send(rec)
                     activity[rec.user_id] += 1
+                    live_events += 1
             producer.flush()
-            seconds = wait_until_learnt(pipe, cfg.events, cfg.wait_timeout)
+            seconds = wait_until_learnt(pipe, live_events, cfg.wait_timeout)
             total = time.monotonic() - started
-            print(f"history of {cfg.events} events produced and learnt in {total:.1f}s "
-                  f"({cfg.events / total:.0f} events/s end to end; {seconds:.1f}s after the "
+            print(f"{live_events} events after the bootstrap produced and learnt in {total:.1f}s "
+                  f"({live_events / total:.0f} events/s end to end; {seconds:.1f}s after the "
                   f"last send)")  # fmt: skip
             replay = pipe.get("/stats")
             time.sleep(1.0)  # let the replica apply the last vectors
+            _show_new_item(pipe, producer, gen)
             live_from = time.time()
             _show_user_moving(pipe, producer, gen, activity, cfg)
         live = pipe.get(f"/stats?since={live_from}")
@@ -103,6 +145,32 @@ def run_demo(cfg: DemoConfig) -> int:
                 pass
     print("stopped")
     return 0
+
+
+def _show_new_item(pipe: LocalPipeline, producer: EventProducer, gen: InteractionGenerator) -> None:
+    """A new item, no interactions yet: its title alone makes it retrievable."""
+    theme = THEMES[0]
+    title = f"limited edition {theme[1]} {theme[2]} {theme[3]}"
+    item = f"new-{int(time.time())}"
+    sent = time.monotonic()
+    producer.send_item(item, {"title": title, "tags": list(theme[:2])})
+    producer.flush()
+    similar = None
+    while similar is None and time.monotonic() - sent < 30:
+        try:
+            similar = pipe.get(f"/items/{item}/similar?k=5")
+        except OSError:
+            time.sleep(0.05)
+    if similar is None:
+        print(f"\nnew item {item!r}: not searchable within 30 s (see the worker log)")
+        return
+    ms = (time.monotonic() - sent) * 1000
+    near = [i["item_id"] for i in similar["items"]]
+    same = sum(gen.cluster_of(i) == 0 for i in near if i[1:].isdigit())
+    print(
+        f"\nnew item {item!r} ('{title}'), no interactions: searchable {ms:.0f} ms after "
+        f"its content was sent; nearest items {near} ({same}/5 '{theme[0]}' items)"
+    )
 
 
 def _show_user_moving(

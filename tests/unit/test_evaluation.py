@@ -56,12 +56,14 @@ def test_each_batch_is_tested_before_it_is_learnt() -> None:
     result = prequential(stream, [rec], fake_encode, EvalConfig(k=2, batch_size=2))
     assert rec.asked_after == [0, 2, 4]  # asked before each batch was learnt
     assert rec.learnt == [f"e{n}" for n in range(6)]
-    # top-2 is always [i0, i1]: targets i0, i1, i2, i0, i1, i2 -> ranks 0, 1, miss, ...
-    assert result.rank["recorder"] == [0, 1, -1, 0, 1, -1]
+    # the list is always [i0, i1, i2]: targets i0, i1, i2, ... rank 0, 1, 2; a hit is rank < 2
+    assert result.rank["recorder"] == [0, 1, 2, 0, 1, 2]
     summary = result.summary()["recorder"]
     assert summary["recall"] == pytest.approx(4 / 6)
     assert summary["ndcg"] == pytest.approx((2 * 1.0 + 2 / math.log2(3)) / 6)
     assert result.item_count == [0, 0, 0, 1, 1, 1]
+    first = result.cold_start()["recorder"][0]  # targets whose item had no earlier event
+    assert (first["recall"], first["recall_deep"], first["median_rank"]) == (2 / 3, 1.0, 1.0)
 
 
 def test_events_on_items_without_content_are_not_targets() -> None:
