@@ -89,6 +89,16 @@ class LocalPipeline:
              "--metrics-port", str(port), "--state-dir", str(self.config.state_dir / "worker"),
              *self.config.worker_args],
         )  # fmt: skip
+        # its /metrics comes up once the worker has loaded (encoder, bootstrap, checkpoint)
+        deadline = time.monotonic() + self.config.start_timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                with urllib.request.urlopen(self.worker_metrics_url, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"worker did not start; see {self.log_path('worker')}")
 
     def start_api(self) -> None:
         port = free_port()

@@ -372,12 +372,14 @@ class OnlineTrainer:
             return vectors, hit
         prior = np.zeros_like(vectors)
         has_prior = np.zeros(len(ids), dtype=bool)
-        for n, user in enumerate(ids):
-            items = list(dict.fromkeys(recent.get(user, ())))
-            if items:
-                item_vecs, item_hit = self.item_vectors(items)
-                if item_hit.any():
-                    prior[n] = self.sim.serve_users(item_vecs[item_hit].mean(axis=0))
+        union = list(dict.fromkeys(i for user in ids for i in recent.get(user, ())))
+        if union:  # one pull for every user's session items
+            item_vecs, item_hit = self.item_vectors(union)
+            at = {item: n for n, item in enumerate(union)}
+            for n, user in enumerate(ids):
+                rows = [at[i] for i in dict.fromkeys(recent.get(user, ())) if item_hit[at[i]]]
+                if rows:
+                    prior[n] = self.sim.serve_users(item_vecs[rows].mean(axis=0))
                     has_prior[n] = True
         updates, _ = self.ps.meta(USERS, ids)
         a = blend_weight(np.maximum(updates, 0), self.config.blend_k)[:, None]
