@@ -377,9 +377,9 @@ class OnlineTrainer:
             item_vecs, item_hit = self.item_vectors(union)
             at = {item: n for n, item in enumerate(union)}
             for n, user in enumerate(ids):
-                rows = [at[i] for i in dict.fromkeys(recent.get(user, ())) if item_hit[at[i]]]
-                if rows:
-                    prior[n] = self.sim.serve_users(item_vecs[rows].mean(axis=0))
+                picked = [at[i] for i in dict.fromkeys(recent.get(user, ())) if item_hit[at[i]]]
+                if picked:
+                    prior[n] = self.sim.serve_users(item_vecs[picked].mean(axis=0))
                     has_prior[n] = True
         updates, _ = self.ps.meta(USERS, ids)
         a = blend_weight(np.maximum(updates, 0), self.config.blend_k)[:, None]
