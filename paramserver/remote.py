@@ -43,6 +43,7 @@ import grpc
 import numpy as np
 
 from paramserver.ps import ParameterServer
+from paramserver.table import as_matrix
 
 log = logging.getLogger("streambed.ps.remote")
 
@@ -307,12 +308,7 @@ class RemotePS:
         return hit
 
     def push(self, table: str, ids: Sequence[str], grads: np.ndarray, *, now: float) -> None:
-        grads = np.asarray(grads, dtype=np.float32)
-        dim = self.dim(table)
-        if grads.shape != (len(ids), dim):
-            raise ValueError(f"grads must have shape ({len(ids)}, {dim}), got {grads.shape}")
-        if not np.all(np.isfinite(grads)):
-            raise ValueError("grads contain NaN or infinity")
+        grads = as_matrix(grads, len(ids), self.dim(table), "grads")
         # note: across shards a push is not atomic; each shard's part is checked before applying
         self._per_shard("push", table, ids, {"now": now}, payload=grads.astype("<f4"))
 
@@ -325,12 +321,7 @@ class RemotePS:
         now: float,
         updates: np.ndarray | None = None,
     ) -> None:
-        rows = np.asarray(rows, dtype=np.float32)
-        dim = self.dim(table)
-        if rows.shape != (len(ids), dim):
-            raise ValueError(f"rows must have shape ({len(ids)}, {dim}), got {rows.shape}")
-        if not np.all(np.isfinite(rows)):
-            raise ValueError("rows contain NaN or infinity")
+        rows = as_matrix(rows, len(ids), self.dim(table), "rows")
         counts = None if updates is None else np.asarray(updates).astype(int)
         requests = {}
         for shard, where in self._split(ids).items():

@@ -49,6 +49,16 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def as_matrix(values: np.ndarray, n: int, dim: int, what: str) -> np.ndarray:
+    """``values`` as an (n, dim) float32 matrix of finite numbers, or a ValueError naming it."""
+    out = np.asarray(values, dtype=np.float32)
+    if out.shape != (n, dim):
+        raise ValueError(f"{what} must have shape ({n}, {dim}), got {out.shape}")
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{what} contain NaN or infinity")
+    return out
+
+
 def initial_rows(keys: np.ndarray, dim: int, scale: float, seed: int = 0) -> np.ndarray:
     """Deterministic N(0, scale^2) vectors: the same id (and seed) always starts at the same point.
 
@@ -183,11 +193,9 @@ class EmbeddingTable:
         count (default 0) and ``now`` as its last update.
         """
         keys = np.asarray(keys, dtype=np.uint64)
-        rows = np.asarray(rows, dtype=np.float32)
-        if keys.ndim != 1 or rows.shape != (len(keys), self.dim):
-            raise ValueError(f"rows must have shape ({len(keys)}, {self.dim}), got {rows.shape}")
-        if not np.all(np.isfinite(rows)):
-            raise ValueError("rows contain NaN or infinity")
+        if keys.ndim != 1:
+            raise ValueError(f"keys must be one-dimensional, got shape {keys.shape}")
+        rows = as_matrix(rows, len(keys), self.dim, "rows")
         if len(np.unique(keys)) != len(keys):
             raise ValueError("put takes each id once")
         counts = np.zeros(len(keys), dtype=np.uint32) if updates is None else updates
@@ -225,11 +233,9 @@ class EmbeddingTable:
     def push(self, keys: np.ndarray, grads: np.ndarray, *, now: float) -> None:
         """Apply gradients (duplicate ids summed first). Unknown ids and bad grads raise, first."""
         keys = np.asarray(keys, dtype=np.uint64)
-        grads = np.asarray(grads, dtype=np.float32)
-        if keys.ndim != 1 or grads.shape != (len(keys), self.dim):
-            raise ValueError(f"grads must have shape ({len(keys)}, {self.dim}), got {grads.shape}")
-        if not np.all(np.isfinite(grads)):
-            raise ValueError("grads contain NaN or infinity")
+        if keys.ndim != 1:
+            raise ValueError(f"keys must be one-dimensional, got shape {keys.shape}")
+        grads = as_matrix(grads, len(keys), self.dim, "grads")
         unique, summed = sum_duplicates(keys, grads)
         slots = self._slots(unique)
         if (slots < 0).any():

@@ -124,15 +124,18 @@ def parse_event(
     payload: bytes | str | None, event_types: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS
 ) -> Interaction:
     """Decode and validate one wire record."""
+    return validate_event(_decode(payload), event_types)
+
+
+def _decode(payload: bytes | str | None) -> Any:
     if payload is None:
         raise InvalidEvent("empty", "record has no value")
     if len(payload) > MAX_EVENT_BYTES:
         raise InvalidEvent("too_large", f"record is {len(payload)} bytes, limit {MAX_EVENT_BYTES}")
     try:
-        raw = json.loads(payload)
+        return json.loads(payload)
     except (UnicodeDecodeError, ValueError) as err:
         raise InvalidEvent("bad_json", f"not valid JSON: {err}") from None
-    return validate_event(raw, event_types)
 
 
 def dead_letter(payload: bytes | str | None, err: InvalidEvent, **context: Any) -> bytes:
@@ -152,14 +155,7 @@ def parse_item(key: bytes | None, payload: bytes | str | None) -> tuple[str, str
         raise InvalidEvent("bad_item_id", "the item id key must be UTF-8") from None
     if len(item_id) > MAX_ID_LEN:
         raise InvalidEvent("bad_item_id", f"item id must have 1..{MAX_ID_LEN} characters")
-    if payload is None:
-        raise InvalidEvent("empty", "record has no value")
-    if len(payload) > MAX_EVENT_BYTES:
-        raise InvalidEvent("too_large", f"record is {len(payload)} bytes, limit {MAX_EVENT_BYTES}")
-    try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise InvalidEvent("bad_json", f"not valid JSON: {err}") from None
+    raw = _decode(payload)
     if not isinstance(raw, Mapping):
         raise InvalidEvent("not_an_object", "an item must be a JSON object")
     title, tags = raw.get("title", ""), raw.get("tags", [])
