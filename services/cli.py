@@ -300,7 +300,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     n = sum(isinstance(r, Interaction) for r in history)
     n_items = sum(isinstance(r, ItemArrival) for r in history)
     print(f"bootstrap on {n} events and {n_items} items' content ...")
-    cfg = BootstrapConfig(dim=args.dim, epochs=args.epochs, seed=args.seed)
+    cfg = BootstrapConfig(dim=args.dim, epochs=args.epochs, seed=args.seed,
+                          similarity=args.similarity, norm_power=args.norm_power)  # fmt: skip
     boot = run_bootstrap(history, CachedEncoder(MiniLM().encode), cfg)
     boot.save(Path(args.out))
     print(f"wrote {args.out}: {len(boot.users)} users, {len(boot.items)} items, "
@@ -462,6 +463,8 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     b = sub.add_parser("bootstrap", help="train towers and first rows offline on a history")
     stream_args(b, history_share=0.4)
     b.add_argument("--out", default=str(STATE_DIR / "bootstrap.pt"))
+    b.add_argument("--similarity", default="cosine", choices=["cosine", "dot", "l2"])
+    b.add_argument("--norm-power", type=float, default=1.0)
     b.set_defaults(func=cmd_bootstrap)
 
     e = sub.add_parser("evaluate", help="prequential evaluation against baselines; plots")

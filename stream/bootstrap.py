@@ -228,6 +228,10 @@ def load_into(trainer: OnlineTrainer, boot: Bootstrapped, *, rows: bool = True) 
     """
     if trainer.towers.dim != boot.config.dim:
         raise ValueError(f"bootstrap dim {boot.config.dim} != trainer dim {trainer.towers.dim}")
+    ours, theirs = trainer.config.sim, Similarity(boot.config.similarity, boot.config.norm_power)
+    if ours != theirs:
+        raise ValueError(f"the bootstrap was trained for {theirs}, the trainer uses {ours}: "
+                         "pass the same --similarity/--norm-power to both")  # fmt: skip
     trainer.towers.load_state_dict(boot.towers.state_dict())
     freeze(trainer.towers)
     if not rows:

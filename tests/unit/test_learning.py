@@ -93,6 +93,8 @@ def test_load_into_puts_rows_counts_and_frequency(boot: Bootstrapped) -> None:
     assert trainer.frequency.counts(["i0"]).tolist() == [100.0]
     with pytest.raises(ValueError, match="dim"):
         load_into(OnlineTrainer.create(TrainConfig(dim=4)), boot)
+    with pytest.raises(ValueError, match="similarity"):
+        load_into(content_trainer(similarity="dot"), boot)
 
 
 def test_bootstrap_needs_positives() -> None:
