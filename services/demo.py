@@ -56,6 +56,11 @@ def wait_until_learnt(pipe: LocalPipeline, expected: int, timeout: float) -> flo
     raise TimeoutError(f"worker consumed {done:.0f} of {expected} events in {timeout:.0f}s")
 
 
+def content(info: ItemInfo) -> dict[str, object]:
+    """The ``items`` record of a generated item (its arrival in event time)."""
+    return {"title": info.title, "tags": list(info.tags), "ts": info.ts}
+
+
 def theme_share(gen: InteractionGenerator, items: list[dict], cluster: int) -> float:
     return sum(gen.cluster_of(i["item_id"]) == cluster for i in items) / max(1, len(items))
 
@@ -103,17 +108,17 @@ def run_demo(cfg: DemoConfig) -> int:
         activity: Counter[str] = Counter()
         with EventProducer(pipe.bootstrap, pipe_cfg.topics) as producer:
             for info in gen.catalogue():
-                producer.send_item(info.item_id, {"title": info.title, "tags": list(info.tags)})
+                producer.send_item(info.item_id, content(info))
             started = time.monotonic()
             live_events = 0
             for rec in records[:cut]:
                 if isinstance(rec, ItemInfo):  # arrived during the history: content too
-                    producer.send_item(rec.item_id, {"title": rec.title, "tags": list(rec.tags)})
+                    producer.send_item(rec.item_id, content(rec))
                 else:
                     activity[rec.user_id] += 1
             for rec in tqdm(records[cut:], desc="producing", unit="rec"):
                 if isinstance(rec, ItemInfo):
-                    producer.send_item(rec.item_id, {"title": rec.title, "tags": list(rec.tags)})
+                    producer.send_item(rec.item_id, content(rec))
                 else:
                     producer.send(rec)
                     activity[rec.user_id] += 1
@@ -153,7 +158,7 @@ def _show_new_item(pipe: LocalPipeline, producer: EventProducer, gen: Interactio
     title = f"limited edition {theme[1]} {theme[2]} {theme[3]}"
     item = f"new-{int(time.time())}"
     sent = time.monotonic()
-    producer.send_item(item, {"title": title, "tags": list(theme[:2])})
+    producer.send_item(item, {"title": title, "tags": list(theme[:2]), "ts": time.time()})
     producer.flush()
     similar = None
     while similar is None and time.monotonic() - sent < 30:

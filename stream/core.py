@@ -171,20 +171,23 @@ class WorkerCore:
         record, so applying one twice changes nothing.
         """
         out = BatchOutput()
-        latest: dict[str, tuple[str, int]] = {}
+        latest: dict[str, tuple[str, int, float]] = {}
         for rec in records:
             try:
-                item_id, title, tags = parse_item(rec.key, rec.value)
+                item_id, title, tags, ts = parse_item(rec.key, rec.value)
             except InvalidEvent as err:
                 out.dead_letters.append(rec.reject(err))
                 continue
-            latest[item_id] = (item_text(title, tags), rec.timestamp_ms)
+            # rows are stamped in event time (as interactions stamp them, for expiry);
+            # without a ts, the record's produce time stands in
+            when = rec.timestamp_ms / 1000 if ts is None else ts
+            latest[item_id] = (item_text(title, tags), rec.timestamp_ms, when)
         if not latest:
             return out
         ids = list(latest)
         ms = {i: latest[i][1] for i in ids}
-        self.trainer.add_content(ids, encode([latest[i][0] for i in ids]),
-                                 now=max(ms.values()) / 1000)  # fmt: skip
+        now = max(latest[i][2] for i in ids)
+        self.trainer.add_content(ids, encode([latest[i][0] for i in ids]), now=now)
         out.accepted = len(ids)
         out.items = _records(ids, ms, self.trainer.item_vectors, self.trainer, ITEMS)
         return out

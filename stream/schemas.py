@@ -145,8 +145,11 @@ def dead_letter(payload: bytes | str | None, err: InvalidEvent, **context: Any) 
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def parse_item(key: bytes | None, payload: bytes | str | None) -> tuple[str, str, list[str]]:
-    """An ``items`` record (key: item id; value: ``{"title", "tags"?}``) -> (id, title, tags)."""
+def parse_item(
+    key: bytes | None, payload: bytes | str | None
+) -> tuple[str, str, list[str], float | None]:
+    """An ``items`` record (key: item id; value: ``{"title", "tags"?, "ts"?}``) -> (id, title,
+    tags, event time or None)."""
     if not key:
         raise InvalidEvent("missing_item_id", "an items record needs its item id as the key")
     try:
@@ -165,4 +168,4 @@ def parse_item(key: bytes | None, payload: bytes | str | None) -> tuple[str, str
         raise InvalidEvent("bad_content", "tags must be strings")
     if not title.strip() and not any(t.strip() for t in tags):
         raise InvalidEvent("missing_content", "an item needs a title or tags")
-    return item_id, title, tags
+    return item_id, title, tags, _number(raw, "ts")

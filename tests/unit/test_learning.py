@@ -250,6 +250,12 @@ def test_items_topic_records_become_served_vectors_and_bad_ones_dead_letters() -
     assert [(r.key, r.event_ms, r.updates) for r in out.items] == [("new", 6000, 0)]
     np.testing.assert_allclose(out.items[0].vector, core.trainer.item_vectors(["new"])[0][0])
     assert core.trainer.item_vectors(["new"])[1].tolist() == [True]
+    assert core.trainer.ps.meta(CONTENT, ["new"])[1].tolist() == [6.0]  # produce time, s
+    stamped = RawRecord(b'{"title": "x", "ts": 1700000000.5}', 7000, key=b"new")
+    core.add_items([stamped], encode)
+    assert core.trainer.ps.meta(CONTENT, ["new"])[1].tolist() == [1700000000.5]  # event time
+    late = RawRecord(b'{"title": "x", "ts": "soon"}', 7000, key=b"new")
+    assert [d.reason for d in core.add_items([late], encode).dead_letters] == ["bad_ts"]
 
 
 def test_a_cold_users_first_vector_leans_on_the_batch_items() -> None:
