@@ -40,11 +40,12 @@ def _arrival(info: ItemInfo) -> ItemArrival:
 
 
 def generated_stream(
-    *, users: int, items: int, clusters: int, events: int, seed: int
+    *, users: int, items: int, clusters: int, events: int, seed: int, tag_affinity: float = 0.0
 ) -> list[Record]:
     gen = InteractionGenerator(
-        GeneratorConfig(users=users, items=items, clusters=clusters, seed=seed)
-    )
+        GeneratorConfig(users=users, items=items, clusters=clusters, seed=seed,
+                        tag_affinity=tag_affinity)
+    )  # fmt: skip
     out: list[Record] = [_arrival(info) for info in gen.catalogue()]
     for rec in gen.replay(events):
         out.append(_arrival(rec) if isinstance(rec, ItemInfo) else rec)

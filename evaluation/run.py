@@ -33,6 +33,7 @@ class RunConfig:
     users: int = 500
     items: int = 2_000
     clusters: int = 8
+    tag_affinity: float = 0.0
     seed: int = 0
     history_share: float = 0.4
     dim: int = 32
@@ -66,7 +67,8 @@ def load_stream(cfg: RunConfig) -> list[Record]:
     if cfg.events_file is not None:
         return read_jsonl(cfg.events_file)
     return generated_stream(users=cfg.users, items=cfg.items, clusters=cfg.clusters,
-                            events=cfg.events, seed=cfg.seed)  # fmt: skip
+                            events=cfg.events, seed=cfg.seed,
+                            tag_affinity=cfg.tag_affinity)  # fmt: skip
 
 
 def run_bootstrap(

@@ -294,7 +294,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     if args.events_file:
         records = read_jsonl(Path(args.events_file))
     else:
-        gen = RunConfig(events=args.events, users=args.users, items=args.items, seed=args.seed)
+        gen = RunConfig(events=args.events, users=args.users, items=args.items, seed=args.seed,
+                        tag_affinity=args.tag_affinity)  # fmt: skip
         records = load_stream(gen)
     history = split(records, args.history_share)[0] if args.history_share < 1 else records
     n = sum(isinstance(r, Interaction) for r in history)
@@ -315,7 +316,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run(RunConfig(
         out=Path(args.out), events_file=Path(args.events_file) if args.events_file else None,
         events=args.events, users=args.users, items=args.items, seed=args.seed,
-        history_share=args.history_share, dim=args.dim, epochs=args.epochs, k=args.k,
+        tag_affinity=args.tag_affinity, history_share=args.history_share, dim=args.dim,
+        epochs=args.epochs, k=args.k,
         batch_size=args.batch_size, blend_k=args.blend_k, session_weight=args.session_weight,
         als_every=args.als_every, als_factors=args.als_factors,
     ))  # fmt: skip
@@ -455,6 +457,8 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
         p.add_argument("--users", type=int, default=500)
         p.add_argument("--items", type=int, default=2000)
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--tag-affinity", type=float, default=0.0,
+                       help="generator: weight of a user's favourite tag (0: off)")  # fmt: skip
         p.add_argument("--history-share", type=float, default=history_share,
                        help="share of the events used as the bootstrap history")  # fmt: skip
         p.add_argument("--dim", type=int, default=32)
