@@ -45,7 +45,21 @@ class RunConfig:
     als_every: int = 5_000
     # best of factors 8/16/32/64 on the generated stream (tuned in ALS's favour: 8 themes)
     als_factors: int = 8
+    similarity: str = "cosine"
+    norm_power: float = 1.0
     save_bootstrap: Path | None = None
+
+    def train(self, **overrides: Any) -> TrainConfig:
+        """The online learner's config (overrides: e.g. ``blend_k=0``)."""
+        base: dict[str, Any] = {
+            "dim": self.dim, "blend_k": self.blend_k, "seed": self.seed,
+            "similarity": self.similarity, "norm_power": self.norm_power,
+        }  # fmt: skip
+        return TrainConfig(**{**base, **overrides})
+
+    def boot(self) -> BootstrapConfig:
+        return BootstrapConfig(dim=self.dim, epochs=self.epochs, seed=self.seed,
+                               similarity=self.similarity, norm_power=self.norm_power)  # fmt: skip
 
 
 class CachedEncoder:
@@ -88,19 +102,14 @@ def run_bootstrap(
         return bootstrap(events, content, cfg, progress)
 
 
-def build_models(
-    boot: Bootstrapped, history: list[Record], cfg: RunConfig
-) -> tuple[list[Model], list[str]]:
-    train = TrainConfig(dim=cfg.dim, blend_k=cfg.blend_k, seed=cfg.seed)
+def build_models(boot: Bootstrapped, history: list[Record], cfg: RunConfig) -> list[Model]:
     events = [r for r in history if isinstance(r, Interaction)]
     popularity = Popularity()
     popularity.learn(events)
     models: list[Model] = [
-        Streambed("online", boot, train),
-        Streambed(
-            "online, no blending", boot, TrainConfig(dim=cfg.dim, blend_k=0.0, seed=cfg.seed)
-        ),  # fmt: skip
-        Streambed("frozen bootstrap", boot, train, online=False),
+        Streambed("online", boot, cfg.train()),
+        Streambed("online, no blending", boot, cfg.train(blend_k=0.0)),
+        Streambed("frozen bootstrap", boot, cfg.train(), online=False),
         popularity,
         ALS(
             events,
@@ -108,13 +117,12 @@ def build_models(
             retrain_every=cfg.als_every,
             seed=cfg.seed,
             name=f"ALS (implicit, {cfg.als_factors} factors, every {cfg.als_every})",
-        ),
+        ),  # fmt: skip
     ]
     if cfg.session_weight > 0:
-        models.insert(1, Streambed("online + session skip-gram", boot,
-                                   TrainConfig(dim=cfg.dim, blend_k=cfg.blend_k, seed=cfg.seed,
-                                               session_weight=cfg.session_weight)))  # fmt: skip
-    return models, [m.name for m in models]
+        skip_gram = cfg.train(session_weight=cfg.session_weight)
+        models.insert(1, Streambed("online + session skip-gram", boot, skip_gram))
+    return models
 
 
 def run(cfg: RunConfig, encode: Callable[[list[str]], np.ndarray] | None = None) -> dict[str, Any]:
@@ -130,11 +138,10 @@ def run(cfg: RunConfig, encode: Callable[[list[str]], np.ndarray] | None = None)
     n_hist = sum(isinstance(r, Interaction) for r in history)
     n_rest = sum(isinstance(r, Interaction) for r in rest)
     print(f"stream: {n_hist} history events (bootstrap), {n_rest} evaluated prequentially")
-    boot = run_bootstrap(history, cached, BootstrapConfig(dim=cfg.dim, epochs=cfg.epochs,
-                                                          seed=cfg.seed))  # fmt: skip
+    boot = run_bootstrap(history, cached, cfg.boot())
     if cfg.save_bootstrap is not None:
         boot.save(cfg.save_bootstrap)
-    models, _ = build_models(boot, history, cfg)
+    models = build_models(boot, history, cfg)
     prior = dict(zip(boot.items, boot.item_counts.astype(int).tolist(), strict=True))
     # items that arrived during the history are candidates from the start
     seed_items = [r for r in history if isinstance(r, ItemArrival)]

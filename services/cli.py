@@ -319,7 +319,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         tag_affinity=args.tag_affinity, history_share=args.history_share, dim=args.dim,
         epochs=args.epochs, k=args.k,
         batch_size=args.batch_size, blend_k=args.blend_k, session_weight=args.session_weight,
-        als_every=args.als_every, als_factors=args.als_factors,
+        als_every=args.als_every, als_factors=args.als_factors, similarity=args.similarity,
+        norm_power=args.norm_power,
     ))  # fmt: skip
     return 0
 
@@ -463,12 +464,13 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
                        help="share of the events used as the bootstrap history")  # fmt: skip
         p.add_argument("--dim", type=int, default=32)
         p.add_argument("--epochs", type=int, default=8)
+        p.add_argument("--similarity", default="cosine", choices=["cosine", "dot", "l2"])
+        p.add_argument("--norm-power", type=float, default=1.0,
+                       help="dot only: serve items at |v|**p")  # fmt: skip
 
     b = sub.add_parser("bootstrap", help="train towers and first rows offline on a history")
     stream_args(b, history_share=0.4)
     b.add_argument("--out", default=str(STATE_DIR / "bootstrap.pt"))
-    b.add_argument("--similarity", default="cosine", choices=["cosine", "dot", "l2"])
-    b.add_argument("--norm-power", type=float, default=1.0)
     b.set_defaults(func=cmd_bootstrap)
 
     e = sub.add_parser("evaluate", help="prequential evaluation against baselines; plots")
