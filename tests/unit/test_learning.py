@@ -269,3 +269,25 @@ def test_a_cold_users_first_vector_leans_on_the_batch_items() -> None:
     rows, _ = core.trainer.ps.pull(USERS, ["fresh"])
     alone = core.trainer.sim.serve_users(core.trainer.towers.users(torch.from_numpy(rows)))
     assert not np.allclose(user.vector, alone.detach().numpy()[0])  # blended with item a
+
+
+def test_a_restarted_worker_knows_its_rows_came_from_the_bootstrap(boot: Bootstrapped) -> None:
+    from paramserver.stores.memory import MemoryStore
+    from stream.checkpoint import checkpoint_writes, restore
+    from stream.core import RawRecord, WorkerCore
+
+    core = WorkerCore(content_trainer())
+    load_into(core.trainer, boot)
+    event = b'{"event_id":"e1","user_id":"u1","item_id":"i1","type":"click","ts": 9000}'
+    core.process([RawRecord(event, 1000, partition=0, offset=0)])
+    store = MemoryStore()
+    store.commit(checkpoint_writes(core, "interactions"))
+    again = WorkerCore(content_trainer())
+    assert not again.trainer.bootstrapped
+    load_into(again.trainer, boot, rows=False)  # what the worker does on every start
+    restore(again, store, "interactions")
+    assert again.trainer.bootstrapped  # so the CLI does not put the bootstrap rows again
+    np.testing.assert_array_equal(
+        again.trainer.ps.pull(ITEMS, boot.items)[0], core.trainer.ps.pull(ITEMS, boot.items)[0]
+    )
+    assert again.trainer.frequency.counts(["i1"]) == core.trainer.frequency.counts(["i1"])
