@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from evaluation.prequential import top_k
 from stream.bootstrap import Bootstrapped, load_into
-from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction
+from stream.schemas import Interaction, training_weight
 from stream.training import OnlineTrainer, TrainConfig
 
 log = logging.getLogger("streambed.evaluation")
@@ -48,7 +48,7 @@ class Popularity:
 
     def learn(self, batch: list[Interaction]) -> None:
         for e in batch:
-            if DEFAULT_TYPE_WEIGHTS.get(e.type, 0.0) > 0:
+            if training_weight(e) > 0:
                 if len(self.recent) == self.recent.maxlen:
                     self.counts[self.recent[0]] -= 1
                 self.recent.append(e.item_id)
@@ -134,7 +134,7 @@ class ALS:
         )
         self.retrain_every = retrain_every
         self.alpha = alpha  # confidence = alpha * summed event-type weights
-        self.events: list[Interaction] = [e for e in history if _weight(e) > 0]
+        self.events: list[Interaction] = [e for e in history if training_weight(e) > 0]
         self.fallback = Popularity(name=f"{name}-fallback")
         self.fallback.learn(history)
         self.since = 0
@@ -152,7 +152,7 @@ class ALS:
         item_at = {i: n for n, i in enumerate(self.items)}
         rows = [self.users[e.user_id] for e in self.events]
         cols = [item_at[e.item_id] for e in self.events]
-        vals = [self.alpha * _weight(e) for e in self.events]
+        vals = [self.alpha * training_weight(e) for e in self.events]
         # confidence: summed event-type weights (duplicates add up in the CSR)
         self.user_items = sparse.csr_matrix(
             (np.array(vals, dtype=np.float32), (rows, cols)),
@@ -168,7 +168,7 @@ class ALS:
 
     def learn(self, batch: list[Interaction]) -> None:
         self.fallback.learn(batch)
-        self.events.extend(e for e in batch if _weight(e) > 0)
+        self.events.extend(e for e in batch if training_weight(e) > 0)
         self.since += len(batch)
         if self.since >= self.retrain_every:
             self.since = 0
@@ -188,7 +188,3 @@ class ALS:
             for u, row in zip(known, np.atleast_2d(ids).tolist(), strict=True):
                 out[u] = [self.items[j] for j in row if j >= 0]
         return [out[u] for u in users]
-
-
-def _weight(e: Interaction) -> float:
-    return DEFAULT_TYPE_WEIGHTS.get(e.type, 0.0) * (1.0 if e.weight is None else e.weight)

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from evaluation.data import ItemArrival, Record
-from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction
+from stream.schemas import Interaction, training_weight
 
 TARGET_TYPES = frozenset({"click", "like", "purchase"})
 COLD_BUCKETS: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 4), (5, 9), (10, 19), (20, 49),
@@ -145,7 +145,6 @@ def prequential(
     ``prior_counts``: positive events per item before the stream (the history).
     ``progress(n)`` is called with the number of interactions consumed so far.
     """
-    weights = DEFAULT_TYPE_WEIGHTS
     result = EvalResult(k=config.k, models=[m.name for m in models], depth=config.depth)
     depth = max(config.depth, config.k)
     counts: dict[str, int] = defaultdict(int, prior_counts or {})
@@ -185,7 +184,7 @@ def prequential(
         for m in models:
             m.learn(batch)
         for e in batch:
-            if weights.get(e.type, 0.0) > 0:
+            if training_weight(e) > 0:
                 counts[e.item_id] += 1
                 if e.session_id is not None:
                     sessions[e.session_id].append(e.item_id)

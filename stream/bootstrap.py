@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from stream.model import CONTENT_DIM, TwoTower, freeze
-from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction
+from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
 from stream.similarity import Similarity
 from stream.training import ITEMS, USERS, OnlineTrainer
 
@@ -137,7 +137,7 @@ def bootstrap(
     ``progress(epoch, mean_loss)`` is called after each epoch.
     """
     weights = config.type_weights
-    positives = [e for e in events if weights.get(e.type, 0.0) * (e.weight or 1.0) > 0]
+    positives = [e for e in events if training_weight(e, weights) > 0]
     if len(positives) < 2:
         raise ValueError(f"the history has {len(positives)} positive events; need at least 2")
     torch.manual_seed(config.seed)
@@ -147,7 +147,7 @@ def bootstrap(
     item_at = {i: n for n, i in enumerate(items)}
     u_idx = torch.tensor([user_at[e.user_id] for e in positives])
     i_idx = torch.tensor([item_at[e.item_id] for e in positives])
-    w = torch.tensor([weights[e.type] * (e.weight or 1.0) for e in positives])
+    w = torch.tensor([training_weight(e, weights) for e in positives])
     item_counts = np.bincount(i_idx.numpy(), minlength=len(items)).astype(np.float64)
     log_p = torch.from_numpy(np.log(item_counts / item_counts.sum())).float()
 

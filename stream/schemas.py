@@ -68,6 +68,21 @@ class Interaction:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+def training_weight(
+    event: Interaction, type_weights: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS
+) -> float:
+    """How much an event counts in training: its type's weight times its own ``weight``
+    (absent: 1). Positive events are those with a weight above 0.
+
+    >>> training_weight(Interaction("e", "u", "i", "like", 1.0, weight=0.5))
+    1.0
+    >>> training_weight(Interaction("e", "u", "i", "click", 1.0, weight=0.0))
+    0.0
+    """
+    own = 1.0 if event.weight is None else event.weight
+    return type_weights.get(event.type, 0.0) * own
+
+
 def _id(raw: Mapping[str, Any], field: str, *, required: bool = True) -> str | None:
     value = raw.get(field)
     if value is None:

@@ -45,7 +45,7 @@ from paramserver.optim import make_optimizer
 from paramserver.ps import ParameterServer, ParamServerAPI
 from stream.frequency import ItemFrequency
 from stream.model import TwoTower, freeze
-from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction
+from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
 from stream.similarity import Similarity, blend_weight
 
 USERS, ITEMS, CONTENT = "users", "items", "content"
@@ -151,9 +151,7 @@ class OnlineTrainer:
         return cls(ps, TwoTower.create(config.dim, seed=config.seed), config)
 
     def weight(self, event: Interaction) -> float:
-        return self.config.type_weights.get(event.type, 0.0) * (
-            1.0 if event.weight is None else event.weight
-        )
+        return training_weight(event, self.config.type_weights)
 
     def apply(self, events: Sequence[Interaction]) -> StepStats:
         """Train on one micro-batch. The rows' last-update time is the batch's latest event time."""

@@ -97,6 +97,13 @@ def test_load_into_puts_rows_counts_and_frequency(boot: Bootstrapped) -> None:
         load_into(content_trainer(similarity="dot"), boot)
 
 
+def test_bootstrap_skips_events_whose_own_weight_is_zero() -> None:
+    # weight=0 is a valid event that must not train (it once counted as weight 1 here)
+    events = clicks(64) + [Interaction("z", "u0", "muted", "click", 99.0, weight=0.0)]
+    boot = bootstrap(events, {}, BootstrapConfig(dim=4, epochs=1, batch_size=16))
+    assert "muted" not in boot.items
+
+
 def test_bootstrap_needs_positives() -> None:
     with pytest.raises(ValueError, match="positive events"):
         bootstrap([Interaction("e", "u", "i", "skip", 1.0)], {}, BootstrapConfig(dim=4))
