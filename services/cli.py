@@ -13,6 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from evaluation.run import RunConfig
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 STATE_DIR = Path(".streambed")
@@ -100,7 +104,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         boot = Bootstrapped.load(Path(args.init_from))
         load_into(core.trainer, boot, rows=False)  # the frozen towers, on every start
     store = _restore_worker(args, core, config.topics.interactions)
-    initial: tuple[list, list] = ([], [])
+    initial = None
     if boot is not None and not core.trainer.bootstrapped:
         load_into(core.trainer, boot)  # a fresh start: the bootstrap's rows and counts too
         initial = core.vectors(boot.items, boot.users)  # replicas start from them
@@ -285,25 +289,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     """Train towers, projection and first rows on a history; save one checkpoint file."""
-    from evaluation.data import ItemArrival, read_jsonl, split
-    from evaluation.run import CachedEncoder, RunConfig, load_stream, run_bootstrap
-    from stream.bootstrap import BootstrapConfig
+    from evaluation.data import ItemArrival, split
+    from evaluation.run import CachedEncoder, load_stream, run_bootstrap
     from stream.content import MiniLM
     from stream.schemas import Interaction
 
-    if args.events_file:
-        records = read_jsonl(Path(args.events_file))
-    else:
-        gen = RunConfig(events=args.events, users=args.users, items=args.items, seed=args.seed,
-                        tag_affinity=args.tag_affinity)  # fmt: skip
-        records = load_stream(gen)
-    history = split(records, args.history_share)[0] if args.history_share < 1 else records
+    cfg = _run_config(args)
+    records = load_stream(cfg)
+    history = split(records, cfg.history_share)[0] if cfg.history_share < 1 else records
     n = sum(isinstance(r, Interaction) for r in history)
     n_items = sum(isinstance(r, ItemArrival) for r in history)
     print(f"bootstrap on {n} events and {n_items} items' content ...")
-    cfg = BootstrapConfig(dim=args.dim, epochs=args.epochs, seed=args.seed,
-                          similarity=args.similarity, norm_power=args.norm_power)  # fmt: skip
-    boot = run_bootstrap(history, CachedEncoder(MiniLM().encode), cfg)
+    boot = run_bootstrap(history, CachedEncoder(MiniLM().encode), cfg.boot())
     boot.save(Path(args.out))
     print(f"wrote {args.out}: {len(boot.users)} users, {len(boot.items)} items, "
           f"loss {boot.losses[0]:.3f} -> {boot.losses[-1]:.3f}")  # fmt: skip
@@ -311,18 +308,26 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from evaluation.run import RunConfig, run
+    from evaluation.run import run
 
-    run(RunConfig(
-        out=Path(args.out), events_file=Path(args.events_file) if args.events_file else None,
-        events=args.events, users=args.users, items=args.items, seed=args.seed,
-        tag_affinity=args.tag_affinity, history_share=args.history_share, dim=args.dim,
-        epochs=args.epochs, k=args.k,
-        batch_size=args.batch_size, blend_k=args.blend_k, session_weight=args.session_weight,
-        als_every=args.als_every, als_factors=args.als_factors, similarity=args.similarity,
-        norm_power=args.norm_power,
+    run(_run_config(
+        args, out=Path(args.out), k=args.k, batch_size=args.batch_size, blend_k=args.blend_k,
+        session_weight=args.session_weight, als_every=args.als_every,
+        als_factors=args.als_factors,
     ))  # fmt: skip
     return 0
+
+
+def _run_config(args: argparse.Namespace, **extra: Any) -> RunConfig:
+    """The stream and bootstrap settings `bootstrap` and `evaluate` share (stream_args)."""
+    from evaluation.run import RunConfig
+
+    return RunConfig(
+        events_file=Path(args.events_file) if args.events_file else None, events=args.events,
+        users=args.users, items=args.items, seed=args.seed, tag_affinity=args.tag_affinity,
+        history_share=args.history_share, dim=args.dim, epochs=args.epochs,
+        similarity=args.similarity, norm_power=args.norm_power, **extra,
+    )  # fmt: skip
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -349,6 +354,12 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
         )
         p.add_argument("--topic-prefix", default="", help="namespace for all topic names")
         p.add_argument("--partitions", type=int, default=4)
+
+    def similarity_args(p: argparse.ArgumentParser) -> None:
+        """How users and items are compared: the worker's and its bootstrap's must agree."""
+        p.add_argument("--similarity", default="cosine", choices=["cosine", "dot", "l2"])
+        p.add_argument("--norm-power", type=float, default=1.0,
+                       help="dot only: serve items at |v|**p (0: no norm effect)")  # fmt: skip
 
     def table_args(p: argparse.ArgumentParser) -> None:
         """What the embedding tables are: the worker's and every PS shard's must agree."""
@@ -405,9 +416,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
                    help="a `streambed bootstrap` file: frozen towers + first rows")  # fmt: skip
     w.add_argument("--content-encoder", default="auto", choices=["auto", "minilm", "none"],
                    help="embed the items topic (auto: with --init-from's projection)")  # fmt: skip
-    w.add_argument("--similarity", default="cosine", choices=["cosine", "dot", "l2"])
-    w.add_argument("--norm-power", type=float, default=1.0,
-                   help="dot only: serve items at |v|**p (0: no norm effect)")  # fmt: skip
+    similarity_args(w)
     w.add_argument("--blend-k", type=float, default=5.0,
                    help="content weighs as behaviour after k interactions (0: off)")  # fmt: skip
     w.add_argument("--session-weight", type=float, default=0.0,
@@ -464,9 +473,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
                        help="share of the events used as the bootstrap history")  # fmt: skip
         p.add_argument("--dim", type=int, default=32)
         p.add_argument("--epochs", type=int, default=8)
-        p.add_argument("--similarity", default="cosine", choices=["cosine", "dot", "l2"])
-        p.add_argument("--norm-power", type=float, default=1.0,
-                       help="dot only: serve items at |v|**p")  # fmt: skip
+        similarity_args(p)
 
     b = sub.add_parser("bootstrap", help="train towers and first rows offline on a history")
     stream_args(b, history_share=0.4)

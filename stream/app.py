@@ -32,7 +32,6 @@ from stream.metrics import WorkerMetrics
 from stream.schemas import InvalidEvent
 from stream.topics import Topics
 from stream.training import ITEMS, USERS, TrainConfig
-from stream.vectors import VectorRecord
 
 log = logging.getLogger("streambed.worker")
 
@@ -137,10 +136,10 @@ def build_app(
     metrics: WorkerMetrics,
     store: RowStore | None = None,
     encode: Callable[[list[str]], np.ndarray] | None = None,
-    initial: tuple[list[VectorRecord], list[VectorRecord]] = ([], []),
+    initial: BatchOutput | None = None,
 ) -> faust.App:
     """The worker app. ``encode``: embed the ``items`` topic's content (None: ignore it).
-    ``initial``: (item, user) vectors to publish once at start (a fresh bootstrap's)."""
+    ``initial``: vectors to publish once at start (a fresh bootstrap's)."""
     app = faust.App(config.app_id, **config.faust_settings())
     topics = config.topics
     interactions = app.topic(topics.interactions, key_type=bytes, value_type=bytes)
@@ -148,21 +147,25 @@ def build_app(
     lock = asyncio.Lock()  # the agent and the idle timer take turns with the core
     live = Live(delivered=time.monotonic())
 
-    async def run(batches: list[list[RawRecord]]) -> None:
+    async def publish(out: BatchOutput) -> None:
+        """Dead letters, changed vectors and tombstones of one step, to their topics."""
         send = app.producer.send  # Topic.send's channel machinery costs ~0.4 ms a record
+        for letter in out.dead_letters:
+            await send(topics.dlq, None, letter.payload, None, None, None)
+        for rec in out.items:
+            await send(topics.item_vectors, rec.key.encode(), rec.encode(), None, None, None)
+        for rec in out.users:
+            await send(topics.user_vectors, rec.key.encode(), rec.encode(), None, None, None)
+        for kind, ids in ((topics.item_vectors, out.evicted_items),
+                          (topics.user_vectors, out.evicted_users)):  # fmt: skip
+            for key in ids:  # a tombstone: compaction forgets the id, replicas drop it
+                await send(kind, key.encode(), None, None, None, None)
+
+    async def run(batches: list[list[RawRecord]]) -> None:
         for batch in batches:
             started = time.perf_counter()
             out = process_safely(core, batch)
-            for letter in out.dead_letters:
-                await send(topics.dlq, None, letter.payload, None, None, None)
-            for rec in out.items:
-                await send(topics.item_vectors, rec.key.encode(), rec.encode(), None, None, None)
-            for rec in out.users:
-                await send(topics.user_vectors, rec.key.encode(), rec.encode(), None, None, None)
-            for kind, ids in ((topics.item_vectors, out.evicted_items),
-                              (topics.user_vectors, out.evicted_users)):  # fmt: skip
-                for key in ids:  # a tombstone: compaction forgets the id, replicas drop it
-                    await send(kind, key.encode(), None, None, None, None)
+            await publish(out)
             record_metrics(metrics, core, out, len(batch), time.perf_counter() - started)
 
     @app.agent(interactions)
@@ -190,16 +193,12 @@ def build_app(
                 if settler.due():
                     await settler.settle(stream, app)
 
-    if initial[0] or initial[1]:
+    if initial is not None:
 
         @app.task
         async def publish_initial() -> None:  # pragma: no cover - exercised via Kafka
-            for topic, records in zip((topics.item_vectors, topics.user_vectors), initial,
-                                      strict=True):  # fmt: skip
-                for rec in records:
-                    await app.producer.send(topic, rec.key.encode(), rec.encode(),
-                                            None, None, None)  # fmt: skip
-            log.info("published %d + %d bootstrap vectors", *map(len, initial))
+            await publish(initial)
+            log.info("published %d + %d bootstrap vectors", len(initial.items), len(initial.users))
 
     if encode is not None:
         items_topic = app.topic(topics.items, key_type=bytes, value_type=bytes)
@@ -219,12 +218,7 @@ def build_app(
                 async with lock:
                     started = time.perf_counter()
                     out = core.add_items(records, encode)
-                    send = app.producer.send
-                    for letter in out.dead_letters:
-                        await send(topics.dlq, None, letter.payload, None, None, None)
-                    for rec in out.items:
-                        value = rec.encode()
-                        await send(topics.item_vectors, rec.key.encode(), value, None, None, None)
+                    await publish(out)
                     metrics.content_items.inc(out.accepted)
                     metrics.content_seconds.observe(time.perf_counter() - started)
                     for letter in out.dead_letters:

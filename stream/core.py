@@ -153,14 +153,12 @@ class WorkerCore:
         out.items = _records(stats.items, first_ms_item, trainer.item_vectors, trainer, ITEMS)
         return out
 
-    def vectors(
-        self, items: Sequence[str], users: Sequence[str]
-    ) -> tuple[list[VectorRecord], list[VectorRecord]]:
+    def vectors(self, items: Sequence[str], users: Sequence[str]) -> BatchOutput:
         """Current served vectors of ``items`` and ``users`` (no event to time: event_ms 0)."""
-        t = self.trainer
-        return _records(items, {}, t.item_vectors, t, ITEMS), _records(
-            users, {}, t.user_vectors, t, USERS
-        )
+        t, out = self.trainer, BatchOutput()
+        out.items = _records(items, {}, t.item_vectors, t, ITEMS)
+        out.users = _records(users, {}, t.user_vectors, t, USERS)
+        return out
 
     def add_items(
         self, records: Sequence[RawRecord], encode: Callable[[list[str]], np.ndarray]

@@ -383,12 +383,10 @@ class OnlineTrainer:
         a = blend_weight(np.maximum(updates, 0), self.config.blend_k)[:, None]
         a = np.where(hit[:, None], a, 0.0)
         a = np.where(has_prior[:, None], a, 1.0)
-        return self._mix(a, vectors, prior, users=True), hit | has_prior
+        return self._mix(a, vectors, prior), hit | has_prior
 
-    def _mix(
-        self, a: np.ndarray, behaviour: np.ndarray, prior: np.ndarray, users: bool = False
-    ) -> np.ndarray:
+    def _mix(self, a: np.ndarray, behaviour: np.ndarray, prior: np.ndarray) -> np.ndarray:
         out = (a * behaviour + (1.0 - a) * prior).astype(np.float32)
         if self.sim.kind == "cosine":  # a blend of unit vectors is shorter: serve it unit again
-            out = self.sim.serve_users(out) if users else self.sim.serve_items(out)
+            out = self.sim.serve_items(out)  # (under cosine both sides are served unit)
         return out
