@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,17 @@ class EventProducer:
             self.topics.interactions, key=event.user_id.encode(), value=event.to_json()
         )
 
+    def deliver(self, events: Sequence[Interaction], timeout: float = 10.0) -> None:
+        """Send validated events and wait until the broker has acknowledged every one
+        (raises the first delivery error)."""
+        futures = [
+            self._producer.send(self.topics.interactions, key=e.user_id.encode(), value=e.to_json())
+            for e in events
+        ]
+        self._producer.flush(timeout=timeout)
+        for future in futures:
+            future.get(timeout=timeout)
+
     def send_raw(self, payload: bytes, key: bytes | None = None) -> None:
         """Send bytes unvalidated, as a foreign producer might (the worker will judge them)."""
         self._producer.send(self.topics.interactions, key=key, value=payload)
@@ -82,13 +93,17 @@ class EventProducer:
             try:
                 event = parse_event(line)
             except InvalidEvent as err:
-                record = dead_letter(line, err, source="producer", line=number)
-                self._producer.send(self.topics.dlq, value=record)
+                self.send_dead_letter(line, err, line=number)
                 report.dead_lettered[err.reason] += 1
                 continue
             self.send(event)
             report.sent += 1
         return report
+
+    def send_dead_letter(self, payload: bytes | str, err: InvalidEvent, **context: Any) -> None:
+        """A rejected input to ``interactions.dlq``, with its reason and where it came from."""
+        record = dead_letter(payload, err, source="producer", **context)
+        self._producer.send(self.topics.dlq, value=record)
 
     def flush(self, timeout: float | None = 30.0) -> None:
         self._producer.flush(timeout=timeout)

@@ -1,8 +1,11 @@
 """The single writer of a replica's index: tails the vector topics into :class:`ServingState`.
 
-It reads ``item-vectors`` and ``user-vectors`` from the beginning (they are
-compacted, so the beginning is the latest vector of every id) and then follows
-them. A record that does not decode is counted and skipped.
+On start it loads the replica's last save (if ``save_dir`` has one that fits)
+and seeks to the offsets it reflects; otherwise it reads ``item-vectors`` and
+``user-vectors`` from the beginning (they are compacted, so the beginning is
+the latest vector of every id). Then it follows them, saving every
+``save_seconds`` and on stop. A record that does not decode is counted and
+skipped. The index's background merger runs while the tailer does.
 """
 
 from __future__ import annotations
@@ -10,16 +13,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from services.api.metrics import ServingMetrics
 from services.api.state import ServingState
+from stream.schemas import InvalidEvent, parse_event
 from stream.topics import Topics
 from stream.vectors import VectorRecord
 
 log = logging.getLogger("streambed.tailer")
+
+
+@dataclass(frozen=True)
+class TailerConfig:
+    save_dir: Path | None = None  # None: never save
+    load_dir: Path | None = None  # where to look for a save on start; None: save_dir
+    save_seconds: float = 60.0
+    poll_ms: int = 20
+    seen_seconds: float = 3600.0  # how far back to read interactions when there is no save
 
 
 class VectorTailer(threading.Thread):
@@ -29,19 +44,20 @@ class VectorTailer(threading.Thread):
         topics: Topics,
         state: ServingState,
         metrics: ServingMetrics,
-        *,
-        poll_ms: int = 20,
+        config: TailerConfig | None = None,
     ) -> None:
         super().__init__(name="vector-tailer", daemon=True)
         self.bootstrap = bootstrap
         self.topics = topics
         self.state = state
         self.metrics = metrics
-        self.poll_ms = poll_ms
+        self.config = config or TailerConfig()
+        self.poll_ms = self.config.poll_ms
         self.caught_up = threading.Event()
+        self.started_from: str = ""  # "snapshot" or "topics", once known
         self._stop_event = threading.Event()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
         self._stop_event.set()
         self.join(timeout)
 
@@ -58,13 +74,16 @@ class VectorTailer(threading.Thread):
             if not partitions:
                 return
             consumer.assign(partitions)
-            consumer.seek_to_beginning(*partitions)
+            self._seek(consumer, partitions)
+            self.state.index.start_merging()
             end = consumer.end_offsets(partitions)
+            last_save, dirty = time.monotonic(), False
             while not self._stop_event.is_set():
                 try:
                     batch = consumer.poll(timeout_ms=self.poll_ms, max_records=5000)
                     for tp, records in batch.items():
                         self._apply(tp.topic, records)
+                        dirty = True
                 except Exception:  # the replica's only writer must outlive any one poll
                     log.exception("tailer poll failed; retrying in 1 s")
                     self._stop_event.wait(1.0)
@@ -74,11 +93,81 @@ class VectorTailer(threading.Thread):
                 ):
                     self.caught_up.set()
                     log.info("caught up: %d items", len(self.state.index))
+                if dirty and time.monotonic() - last_save >= self.config.save_seconds:
+                    dirty = not self._save(consumer, partitions)
+                    last_save = time.monotonic()
+            if dirty:
+                self._save(consumer, partitions)
         finally:
+            self.state.index.close()
             consumer.close()
 
+    def _seek(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        """Resume from the last save if it fits the topics as they are; else from the start."""
+        saved = None
+        source = self.config.load_dir or self.config.save_dir
+        if source is not None:
+            try:
+                saved = self.state.restore(source)
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("not using the save in %s (%s)", source, err)
+                self.metrics.restores.labels(result="rejected").inc()
+        begin = self._starts(consumer, partitions)
+        if saved is not None:
+            end = consumer.end_offsets(partitions)
+            resume = {tp: saved.get(tp.topic, {}).get(tp.partition, begin[tp]) for tp in partitions}
+            if all(begin[tp] <= resume[tp] <= end[tp] for tp in partitions):
+                for tp, offset in resume.items():
+                    consumer.seek(tp, offset)
+                log.info("loaded %d items from %s; catching up", len(self.state.index), source)
+                self.metrics.restores.labels(result="snapshot").inc()
+                self.metrics.index_items.set(len(self.state.index))
+                self.metrics.users.set(self.state.users)
+                self.started_from = "snapshot"
+                return
+            # offsets outside the topics (recreated, or truncated by retention): rebuild
+            log.warning("the save's offsets are outside the topics; rebuilding from them")
+            self.metrics.restores.labels(result="rejected").inc()
+            self.state.reset()
+        for tp, offset in begin.items():
+            consumer.seek(tp, offset)
+        self.metrics.restores.labels(result="topics").inc()
+        self.started_from = "topics"
+
+    def _starts(
+        self, consumer: KafkaConsumer, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Where a replica without a save starts: the vector topics (compacted) from the
+        beginning, ``interactions`` from ``seen_seconds`` ago."""
+        begin = consumer.beginning_offsets(partitions)
+        recent = [tp for tp in partitions if tp.topic == self.topics.interactions]
+        if recent:
+            since_ms = int((time.time() - self.config.seen_seconds) * 1000)
+            found = consumer.offsets_for_times({tp: since_ms for tp in recent})
+            end = consumer.end_offsets(recent)
+            for tp in recent:
+                begin[tp] = found[tp].offset if found.get(tp) is not None else end[tp]
+        return dict(begin)
+
+    def _save(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> bool:
+        if self.config.save_dir is None:
+            return True
+        offsets: dict[str, dict[int, int]] = {}
+        for tp in partitions:
+            offsets.setdefault(tp.topic, {})[tp.partition] = consumer.position(tp)
+        started = time.perf_counter()
+        try:
+            self.state.save(self.config.save_dir, offsets)
+        except OSError:
+            log.exception("saving the replica to %s failed", self.config.save_dir)
+            return False
+        self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
+        return True
+
     def _wait_for_partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
-        names = (self.topics.item_vectors, self.topics.user_vectors)
+        names: tuple[str, ...] = (self.topics.item_vectors, self.topics.user_vectors)
+        if self.state.seen is not None:
+            names += (self.topics.interactions,)
         while not self._stop_event.is_set():
             found = {t: consumer.partitions_for_topic(t) for t in names}
             if all(found.values()):
@@ -89,6 +178,9 @@ class VectorTailer(threading.Thread):
 
     def _apply(self, topic: str, records: list) -> None:  # type: ignore[type-arg]
         """Apply records in order: runs of vectors in bulk, tombstones (evictions) between them."""
+        if topic == self.topics.interactions:
+            self._apply_events(records)
+            return
         run: list = []  # type: ignore[type-arg]
         for rec in records:
             if rec.value is not None:
@@ -105,6 +197,16 @@ class VectorTailer(threading.Thread):
                 self.metrics.users.set(self.state.users)
             self.metrics.evictions_applied.labels(kind=self._kind(topic)).inc()
         self._apply_vectors(topic, run)
+
+    def _apply_events(self, records: list) -> None:  # type: ignore[type-arg]
+        pairs = []
+        for rec in records:
+            try:
+                event = parse_event(rec.value)
+            except InvalidEvent:  # the worker dead-letters it; here it is simply not seen
+                continue
+            pairs.append((event.user_id, event.item_id))
+        self.state.apply_events(pairs)
 
     def _kind(self, topic: str) -> str:
         return "item" if topic == self.topics.item_vectors else "user"

@@ -1,18 +1,37 @@
-"""The retrieval HTTP API (FastAPI): recommendations, similar items, health, stats, metrics."""
+"""The retrieval HTTP API (FastAPI): recommendations, similar items, the event gateway,
+health, stats, metrics.
+
+``POST /events`` changes state (it produces to Kafka), so it needs the bearer
+token the replica was started with; without a token it is off.
+"""
 
 from __future__ import annotations
 
+import hmac
+import json
 import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
+from services.api.gateway import (
+    BATCH_SCHEMA,
+    MAX_BODY_BYTES,
+    BatchRejected,
+    EventSink,
+    GatewayUnavailable,
+    check_batch,
+)
 from services.api.metrics import ServingMetrics
 from services.api.state import ServingState
 
 ID_PATTERN = r"^[^\s/]{1,256}$"
+MAX_EXCLUDE = 1000
+EXCLUDE = Query([], max_length=MAX_EXCLUDE, description="item ids to leave out (repeatable)")
 
 
 class ScoredItem(BaseModel):
@@ -49,6 +68,28 @@ class Stats(BaseModel):
     items: int
     users: int
     freshness_seconds: Freshness
+    index_fresh_items: int
+    index_graph_nodes: int
+    index_deleted_nodes: int
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class RejectedEvent(BaseModel):
+    index: int
+    reason: str
+    error: str
+
+
+class BatchError(BaseModel):
+    detail: str
+    rejected: list[RejectedEvent]
+
+
+class Error(BaseModel):
+    detail: str
 
 
 def create_app(
@@ -56,7 +97,12 @@ def create_app(
     registry: CollectorRegistry,
     metrics: ServingMetrics,
     caught_up: Callable[[], bool] = lambda: True,
+    *,
+    sink: EventSink | None = None,
+    token: str | None = None,
 ) -> FastAPI:
+    if sink is not None and not token:
+        raise ValueError("the event gateway changes state: it needs a token")
     app = FastAPI(
         title="streambed retrieval API",
         version="0.1.0",
@@ -80,10 +126,14 @@ def create_app(
     def stats(
         since: float = Query(0.0, ge=0, description="only freshness samples after this unix time"),
     ) -> Stats:
+        live, deleted = state.index.graph_nodes
         return Stats(
             items=len(state.index),
             users=state.users,
             freshness_seconds=Freshness(**state.freshness_percentiles(since)),
+            index_fresh_items=state.index.pending,
+            index_graph_nodes=live,
+            index_deleted_nodes=deleted,
         )
 
     @app.get("/metrics", include_in_schema=False)
@@ -94,8 +144,13 @@ def create_app(
     def recommendations(
         user_id: str = Path(pattern=ID_PATTERN),
         k: int = Query(10, ge=1, le=1000),
+        exclude: list[str] = EXCLUDE,
+        exclude_seen: bool = Query(
+            False, description="leave out the items this user recently interacted with"
+        ),
     ) -> Recommendations:
-        strategy, items = state.recommend(user_id, k)
+        skip = set(exclude) | (state.seen_by(user_id) if exclude_seen else frozenset())
+        strategy, items = state.recommend(user_id, k, skip)
         return Recommendations(
             user_id=user_id,
             strategy=strategy,
@@ -110,12 +165,60 @@ def create_app(
     def similar(
         item_id: str = Path(pattern=ID_PATTERN),
         k: int = Query(10, ge=1, le=1000),
+        exclude: list[str] = EXCLUDE,
     ) -> SimilarItems:
-        items = state.similar(item_id, k)
+        items = state.similar(item_id, k, set(exclude))
         if items is None:
             raise HTTPException(404, detail=f"item {item_id!r} has no vector yet")
         return SimilarItems(
             item_id=item_id, items=[ScoredItem(item_id=i, score=s) for i, s in items]
         )
 
+    @app.post(
+        "/events",
+        status_code=202,
+        response_model=Accepted,
+        openapi_extra={"requestBody": {"required": True,
+                                       "content": {"application/json": {"schema": BATCH_SCHEMA}}}},
+        responses={
+            400: {"model": BatchError, "description": "Invalid events; nothing was produced"},
+            401: {"model": Error, "description": "Missing or wrong bearer token"},
+            413: {"model": Error, "description": "Body over the size limit"},
+            503: {"model": Error, "description": "Gateway off, or the broker did not answer"},
+        },
+    )  # fmt: skip
+    async def events(request: Request) -> Response:
+        """Validate a batch of interaction events and produce it to the ``interactions``
+        topic (all or nothing). Needs ``Authorization: Bearer <token>``."""
+        if sink is None or token is None:
+            return _error(503, "the event gateway is off on this replica (no token configured)")
+        sent = request.headers.get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            metrics.events_rejected.labels(reason="unauthorized").inc()
+            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            metrics.events_rejected.labels(reason="too_large").inc()
+            return _error(413, f"body is {len(body)} bytes, limit {MAX_BODY_BYTES}")
+        try:
+            batch = check_batch(json.loads(body))
+        except (UnicodeDecodeError, ValueError) as err:
+            rejected = err.rejected if isinstance(err, BatchRejected) else []
+            for r in rejected:
+                metrics.events_rejected.labels(reason=r["reason"]).inc()
+            if not rejected:
+                metrics.events_rejected.labels(reason="bad_body").inc()
+            detail = str(err) if isinstance(err, BatchRejected) else f"not valid JSON: {err}"
+            return JSONResponse({"detail": detail, "rejected": rejected}, status_code=400)
+        try:
+            await run_in_threadpool(sink.send, batch)
+        except GatewayUnavailable as err:
+            return _error(503, str(err))
+        metrics.events_accepted.inc(len(batch))
+        return JSONResponse({"accepted": len(batch)}, status_code=202)
+
     return app
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)

@@ -1,7 +1,9 @@
 """What a retrieval replica holds and serves: the item index, user vectors, freshness samples.
 
 Pure of Kafka and HTTP: the tailer feeds it decoded vector records, the API
-asks it for recommendations.
+asks it for recommendations. :meth:`ServingState.save` writes it with the topic
+offsets it reflects, so a new replica loads the last save and catches up from
+there instead of reading the topics from the beginning.
 
 Examples
 --------
@@ -18,25 +20,44 @@ Examples
 [0.1]
 >>> state.recommend("u", k=1)[0], state.recommend("u", k=1)[1][0][0]
 ('personal', 'a')
+>>> state.recommend("u", k=1, exclude={"a"})[1][0][0]
+'b'
 """
 
 from __future__ import annotations
 
 import heapq
+import json
+import os
+import shutil
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from services.ann.index import AnnIndex
+from services.ann.index import AnnIndex, IndexConfig
+from services.api.seen import SeenItems
 from stream.vectors import VectorRecord
+
+Offsets = dict[str, dict[int, int]]  # topic -> partition -> next offset to read
 
 
 class ServingState:
-    def __init__(self, dim: int, *, space: str = "ip", freshness_window: int = 100_000) -> None:
-        self.index = AnnIndex(dim, space=space)
+    def __init__(
+        self,
+        dim: int,
+        index: IndexConfig | None = None,
+        *,
+        seen: SeenItems | None = None,
+        freshness_window: int = 100_000,
+    ) -> None:
+        self.dim = dim
+        self.index = AnnIndex(dim, index)
+        self.seen = seen  # None: the replica does not follow interactions
         self._users: dict[str, np.ndarray] = {}
         self._item_updates: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -76,6 +97,15 @@ class ServingState:
             for key in keys:
                 self._users.pop(key, None)
 
+    def apply_events(self, events: Sequence[tuple[str, str]]) -> None:
+        """(user, item) pairs from the ``interactions`` topic, for exclude-seen filters."""
+        if self.seen is not None:
+            for user_id, item_id in events:
+                self.seen.add(user_id, item_id)
+
+    def seen_by(self, user_id: str) -> frozenset[str]:
+        return frozenset() if self.seen is None else self.seen.get(user_id)
+
     def _fresh(self, records: Sequence[VectorRecord], now_ms: int) -> list[float]:
         ages = [max(0, now_ms - r.event_ms) / 1000 for r in records if r.event_ms > 0]
         self.freshness.extend((now_ms / 1000, age) for age in ages)
@@ -85,22 +115,26 @@ class ServingState:
         with self._lock:
             return self._users.get(user_id)
 
-    def popular(self, k: int) -> list[tuple[str, float]]:
+    def popular(self, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         with self._lock:
-            top = heapq.nlargest(k, self._item_updates.items(), key=lambda kv: kv[1])
-        return [(item, float(n)) for item, n in top]
+            top = heapq.nlargest(k + len(exclude), self._item_updates.items(), key=lambda kv: kv[1])
+        return [(item, float(n)) for item, n in top if item not in exclude][:k]
 
-    def recommend(self, user_id: str, k: int) -> tuple[str, list[tuple[str, float]]]:
+    def recommend(
+        self, user_id: str, k: int, exclude: Collection[str] = ()
+    ) -> tuple[str, list[tuple[str, float]]]:
         vector = self.user_vector(user_id)
         if vector is None:
-            return "popular", self.popular(k)
-        return "personal", self.index.search(vector, k)
+            return "popular", self.popular(k, exclude)
+        return "personal", self.index.search(vector, k, exclude)
 
-    def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
+    def similar(
+        self, item_id: str, k: int, exclude: Collection[str] = ()
+    ) -> list[tuple[str, float]] | None:
         vector = self.index.vector(item_id)
         if vector is None:
             return None
-        return self.index.search(vector, k, exclude={item_id})
+        return self.index.search(vector, k, exclude={item_id, *exclude})
 
     def freshness_percentiles(self, since: float = 0.0) -> dict[str, Any]:
         """p50/p95/p99 of the recent samples observed at or after ``since`` (unix seconds)."""
@@ -109,3 +143,71 @@ class ServingState:
             return {"p50": None, "p95": None, "p99": None, "samples": 0}
         p50, p95, p99 = np.percentile(samples, [50, 95, 99])
         return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "samples": samples.size}
+
+    # -- persistence --------------------------------------------------------------------
+
+    def save(self, root: Path, offsets: Mapping[str, Mapping[int, int]]) -> Path:
+        """Write a snapshot under ``root`` with the offsets it reflects; the previous one
+        is replaced only once this one is complete (``root/LATEST`` names it)."""
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"snapshot-{time.time_ns()}"
+        tmp = root / f".{name}.tmp"
+        self.index.save(tmp)
+        with self._lock:
+            users = list(self._users)
+            user_vectors = np.stack([self._users[u] for u in users]) if users else None
+            updates = dict(self._item_updates)
+        np.savez(
+            tmp / "users.npz",
+            ids=np.array(users, dtype=str),
+            vectors=user_vectors if user_vectors is not None else np.zeros((0, self.dim)),
+        )
+        body = {"offsets": {t: {str(p): o for p, o in parts.items()}
+                            for t, parts in offsets.items()},
+                "item_updates": updates, "saved_at": time.time(),
+                "seen": None if self.seen is None else self.seen.to_json()}  # fmt: skip
+        (tmp / "state.json").write_text(json.dumps(body))
+        tmp.rename(root / name)
+        latest = root / ".LATEST.tmp"
+        latest.write_text(name)
+        os.replace(latest, root / "LATEST")
+        for old in root.glob("snapshot-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        return root / name
+
+    def restore(self, root: Path) -> Offsets | None:
+        """Replace this state with the last snapshot under ``root``; returns the offsets it
+        reflects, or ``None`` if there is none. ``ValueError`` if it was written for
+        another dimension or space (then nothing here changed)."""
+        try:
+            directory = root / (root / "LATEST").read_text().strip()
+        except FileNotFoundError:
+            return None
+        index = AnnIndex.load(directory, self.dim, self.index.config)
+        with np.load(directory / "users.npz", allow_pickle=False) as saved:
+            ids, vectors = saved["ids"], saved["vectors"]
+        if len(ids) and vectors.shape[1] != self.dim:
+            raise ValueError(f"saved user vectors have dim {vectors.shape[1]}, not {self.dim}")
+        body = json.loads((directory / "state.json").read_text())
+        with self._lock:
+            self.index.close()
+            self.index = index
+            self._users = {str(u): vectors[n].astype(np.float32) for n, u in enumerate(ids)}
+            self._item_updates = {str(i): int(n) for i, n in body["item_updates"].items()}
+            if self.seen is not None and body.get("seen") is not None:
+                self.seen = SeenItems.from_json(
+                    body["seen"], self.seen.per_user, self.seen.max_users
+                )
+        return {t: {int(p): int(o) for p, o in parts.items()}
+                for t, parts in body["offsets"].items()}  # fmt: skip
+
+    def reset(self) -> None:
+        """Forget everything (a replica about to rebuild from the topics)."""
+        with self._lock:
+            self.index.close()
+            self.index = AnnIndex(self.dim, self.index.config)
+            self._users.clear()
+            self._item_updates.clear()
+            if self.seen is not None:
+                self.seen = SeenItems(self.seen.per_user, self.seen.max_users)
