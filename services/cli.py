@@ -238,21 +238,50 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
     from prometheus_client import CollectorRegistry
 
-    from services.ann.updater import VectorTailer
+    from services.ann.index import IndexConfig
+    from services.ann.updater import TailerConfig, VectorTailer
     from services.api.app import create_app
-    from services.api.metrics import ServingMetrics
+    from services.api.gateway import KafkaSink
+    from services.api.metrics import IndexCollector, ServingMetrics
+    from services.api.seen import SeenItems
     from services.api.state import ServingState
+    from services.producer import EventProducer
 
     registry = CollectorRegistry()
     metrics = ServingMetrics.create(registry)
-    state = ServingState(args.dim, space=args.space)
-    tailer = VectorTailer(args.bootstrap, _topics(args), state, metrics)
+    index = IndexConfig(
+        space=args.space, m=args.m, ef_construction=args.ef_construction, ef=args.ef,
+        fresh_capacity=args.fresh_capacity, drift=args.drift,
+    )  # fmt: skip
+    seen = SeenItems(args.seen_items, args.seen_users) if args.seen_items > 0 else None
+    state = ServingState(args.dim, index, seen=seen)
+    registry.register(IndexCollector(lambda: state.index))
+    save_dir: Path | None = Path(args.save_dir or f".streambed/api-{args.port}")
+    if args.save_seconds <= 0:
+        save_dir = None
+    tailer = VectorTailer(
+        args.bootstrap, _topics(args), state, metrics,
+        TailerConfig(save_dir=save_dir, save_seconds=args.save_seconds,
+                     load_dir=Path(args.load_from) if args.load_from else None,
+                     seen_seconds=args.seen_seconds),
+    )  # fmt: skip
+    sink = None
+    if args.api_token:
+        producer = EventProducer(args.bootstrap, _topics(args), client_id="streambed-gateway")
+        sink = KafkaSink(producer)
+    else:
+        logging.getLogger("streambed.api").warning(
+            "POST /events is off: set STREAMBED_API_TOKEN to turn the event gateway on"
+        )
     tailer.start()
-    app = create_app(state, registry, metrics, caught_up=tailer.caught_up.is_set)
+    app = create_app(state, registry, metrics, caught_up=tailer.caught_up.is_set,
+                     sink=sink, token=args.api_token or None)  # fmt: skip
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     finally:
         tailer.stop()
+        if sink is not None:
+            sink.close()
     return 0
 
 
@@ -267,6 +296,118 @@ def cmd_produce(args: argparse.Namespace) -> int:
     dead = sum(report.dead_lettered.values())
     print(f"sent {report.sent} events; {dead} dead-lettered {dict(report.dead_lettered)}")
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from services.datagen import GeneratorConfig, InteractionGenerator
+    from services.producer import EventProducer
+    from services.replay import (
+        FRESHNESS,
+        Pace,
+        api_stats,
+        consumer_lag,
+        delta,
+        freshness_percentiles,
+        read_events,
+        replay,
+        schedule,
+        scrape_histogram,
+    )
+
+    try:
+        pace = Pace(speedup=args.speedup, rate=args.rate)
+    except ValueError as err:
+        print(f"replay: {err}", file=sys.stderr)
+        return 2
+    topics = _topics(args)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            print(f"replay: no such file: {path}", file=sys.stderr)
+            return 2
+        with path.open("rb") as lines:
+            total = sum(1 for line in lines if line.strip())
+        records: Any = read_events(path)
+    else:
+        gen = InteractionGenerator(GeneratorConfig(seed=args.seed))
+        total, records = args.generate, gen.replay(args.generate)
+    metrics_url = args.api.rstrip("/") + "/metrics"
+
+    def histograms() -> dict[str, list[tuple[float, float]]] | None:
+        try:
+            kinds = ("item", "user")
+            return {k: scrape_histogram(metrics_url, FRESHNESS, {"kind": k}) for k in kinds}
+        except OSError:
+            return None
+
+    before = histograms()
+    if before is None:
+        print(f"replay: no API at {args.api}; freshness will not be reported", file=sys.stderr)
+    started = time.time()
+    with (
+        EventProducer(args.bootstrap, topics) as producer,
+        tqdm(total=total, desc="replay", unit="ev", disable=args.quiet, smoothing=0.1) as bar,
+    ):
+        report = replay(schedule(records, pace), producer, duration=args.duration, progress=bar)
+    lag_at_end = consumer_lag(args.bootstrap, args.group, topics.interactions)
+    lag = lag_at_end
+    deadline = time.monotonic() + args.drain_seconds
+    while (lag is None or sum(lag.values()) > 0) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        lag = consumer_lag(args.bootstrap, args.group, topics.interactions)
+    after = histograms()
+    result: dict[str, Any] = {
+        "sent": report.sent, "items": report.items, "dead_lettered": dict(report.dead_lettered),
+        "seconds": report.seconds, "achieved_rate": report.rate,
+        "target": {"rate": args.rate, "speedup": args.speedup},
+        "stopped_early": report.stopped_early,
+        "lag_when_sent": lag_at_end, "lag_after_drain": lag,
+        "freshness_from_metrics": None if before is None or after is None else {
+            kind: freshness_percentiles(delta(after[kind], before[kind])) for kind in after},
+        "freshness_exact": api_stats(args.api.rstrip("/"), started) if before else None,
+    }  # fmt: skip
+    print(replay_summary(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def replay_summary(r: dict[str, Any]) -> str:
+    """The end-of-replay report, for people."""
+
+    def lag(value: dict[int, int] | None) -> str:
+        return "unknown (no committed offsets for the group)" if value is None else (
+            f"{sum(value.values())} events ({', '.join(f'p{p}: {n}' for p, n in value.items())})"
+        )  # fmt: skip
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f} s"
+
+    dead = sum(r["dead_lettered"].values())
+    lines = [
+        f"sent {r['sent']:,} events ({r['items']:,} item records, {dead} dead-lettered "
+        f"{r['dead_lettered'] or ''}) in {r['seconds']:.1f} s: {r['achieved_rate']:,.0f} events/s"
+        + (" (stopped at --duration)" if r["stopped_early"] else ""),
+        f"consumer lag when sending stopped: {lag(r['lag_when_sent'])}",
+        f"consumer lag after draining:       {lag(r['lag_after_drain'])}",
+    ]
+    fresh = r["freshness_from_metrics"]
+    if fresh:
+        for kind, f in fresh.items():
+            lines.append(
+                f"freshness ({kind} vectors, from the API's histogram, {f['samples']:,} samples): "
+                f"p50 {seconds(f['p50'])}  p95 {seconds(f['p95'])}  p99 {seconds(f['p99'])}"
+            )
+    exact = r["freshness_exact"]
+    if exact and exact.get("samples"):
+        lines.append(f"freshness (exact, all kinds, {exact['samples']:,} samples): "
+                     f"p50 {seconds(exact['p50'])}  p95 {seconds(exact['p95'])}  "
+                     f"p99 {seconds(exact['p99'])}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -344,6 +485,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentParser:
     bootstrap = env.get("STREAMBED_BOOTSTRAP", DEFAULT_BOOTSTRAP)
     ps_token = env.get("STREAMBED_PS_TOKEN", "")  # a secret: from the environment, never argv
+    api_token = env.get("STREAMBED_API_TOKEN", "")  # turns POST /events on
     parser = argparse.ArgumentParser(prog="streambed", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -443,13 +585,65 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     a.add_argument("--port", type=int, default=8000)
     a.add_argument("--dim", type=int, default=32)
     a.add_argument("--space", default="ip", choices=["ip", "cosine", "l2"])
-    a.set_defaults(func=cmd_api)
+    a.add_argument("--save-dir", help="where the replica saves its index (.streambed/api-PORT)")
+    a.add_argument("--save-seconds", type=float, default=60.0, help="0: never save")
+    a.add_argument("--load-from", help="start from this save instead of --save-dir's")
+    a.add_argument(
+        "--fresh-capacity",
+        type=int,
+        default=4096,
+        help="exact buffer of changed vectors searched beside the graph; 0: none",
+    )
+    a.add_argument(
+        "--drift",
+        type=float,
+        default=0.02,
+        help="relative change below which the graph's copy is left as is",
+    )
+    a.add_argument("--m", type=int, default=16, help="hnswlib M")
+    a.add_argument("--ef-construction", type=int, default=100)
+    a.add_argument("--ef", type=int, default=256, help="hnswlib ef at query time")
+    a.add_argument(
+        "--seen-items",
+        type=int,
+        default=50,
+        help="recent items kept per user for exclude_seen (0: do not follow events)",
+    )
+    a.add_argument("--seen-users", type=int, default=100_000)
+    a.add_argument(
+        "--seen-seconds",
+        type=float,
+        default=3600.0,
+        help="how far back a replica without a save reads interactions",
+    )
+    a.set_defaults(func=cmd_api, api_token=api_token)
 
     p = sub.add_parser("produce", help="send JSON-lines events from a file or stdin")
     kafka_args(p)
     p.add_argument("file", help="path, or - for stdin")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_produce)
+
+    r = sub.add_parser("replay", help="load test: replay events into Kafka at a speed-up or rate")
+    kafka_args(r)
+    source = r.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", help="timestamped JSON-lines events")
+    source.add_argument("--generate", type=int, metavar="N", help="N generated events")
+    r.add_argument("--seed", type=int, default=0, help="generator seed")
+    r.add_argument("--speedup", type=float, help="event-time seconds per wall second")
+    r.add_argument("--rate", type=float, help="events per second (fixed)")
+    r.add_argument("--duration", type=float, help="stop sending after this many seconds")
+    r.add_argument("--api", default="http://127.0.0.1:8000", help="a replica, for freshness")
+    r.add_argument("--group", default="streambed-worker", help="the workers' consumer group")
+    r.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=30.0,
+        help="after sending, wait up to this long for the lag to reach 0",
+    )
+    r.add_argument("--json", help="also write the report here")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_replay)
 
     g = sub.add_parser("generate", help="write a synthetic event stream as JSON lines")
     g.add_argument("--events", type=int, default=10_000)

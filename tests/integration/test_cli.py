@@ -12,6 +12,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from services.kafka.broker import free_port
+from services.local import LocalPipeline
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +76,35 @@ def test_produce_sends_valid_lines_and_dead_letters_the_rest(
         ("bad_json", 51, "producer"),
         ("bad_type", 53, "producer"),
     ]
+
+
+def test_replay_paces_events_and_reports_rate_lag_and_freshness(
+    tmp_path: Path, pipeline: LocalPipeline
+) -> None:
+    events = tmp_path / "events.jsonl"
+    made = streambed("generate", "--events", "400", "--seed", "8", "--out", str(events))
+    assert made.returncode == 0
+    with events.open("a") as f:
+        f.write("{broken\n")
+    config = pipeline.config
+    common = ["--bootstrap", pipeline.bootstrap, "--topic-prefix", config.topic_prefix,
+              "--api", pipeline.api_url, "--group", config.app_id, "--quiet"]  # fmt: skip
+    report = tmp_path / "report.json"
+    result = streambed("replay", *common, "--file", str(events), "--rate", "400",
+                       "--json", str(report))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    body = json.loads(report.read_text())
+    assert body["sent"] == 400 and body["dead_lettered"] == {"bad_json": 1}
+    assert 200 <= body["achieved_rate"] <= 440  # paced, not as fast as possible
+    assert body["lag_after_drain"] is not None and sum(body["lag_after_drain"].values()) == 0
+    item = body["freshness_from_metrics"]["item"]
+    assert item["samples"] > 0 and 0 < item["p50"] <= item["p95"] <= item["p99"]
+    assert "events/s" in result.stdout and "freshness (item vectors" in result.stdout
+    assert "consumer lag after draining:       0 events" in result.stdout
+
+    bounded = streambed("replay", *common, "--generate", "100000", "--speedup", "1000",
+                        "--duration", "2", "--drain-seconds", "0")  # fmt: skip
+    assert bounded.returncode == 0, bounded.stderr
+    assert "(stopped at --duration)" in bounded.stdout
+    refused = streambed("replay", *common, "--generate", "10", "--rate", "5", "--speedup", "2")
+    assert refused.returncode == 2 and "not both" in refused.stderr
