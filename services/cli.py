@@ -235,6 +235,8 @@ def cmd_ps_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
+    import threading
+
     import uvicorn
     from prometheus_client import CollectorRegistry
 
@@ -273,15 +275,23 @@ def cmd_api(args: argparse.Namespace) -> int:
         logging.getLogger("streambed.api").warning(
             "POST /events is off: set STREAMBED_API_TOKEN to turn the event gateway on"
         )
-    tailer.start()
-    app = create_app(state, registry, metrics, caught_up=tailer.caught_up.is_set,
-                     sink=sink, token=args.api_token or None)  # fmt: skip
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
-    finally:
+    done = threading.Event()
+
+    def shutdown() -> None:  # the tailer saves the replica on its way out
+        if done.is_set():
+            return
+        done.set()
         tailer.stop()
         if sink is not None:
             sink.close()
+
+    tailer.start()
+    app = create_app(state, registry, metrics, caught_up=tailer.caught_up.is_set,
+                     sink=sink, token=args.api_token or None, on_shutdown=shutdown)  # fmt: skip
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    finally:
+        shutdown()  # reached only if uvicorn returns (not after SIGTERM, which it re-raises)
     return 0
 
 

@@ -103,7 +103,9 @@ class LocalPipeline:
     def start_api(self) -> None:
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}"
-        self._spawn("api", ["api", *self._common(), "--port", str(port), *self.config.api_args])
+        self._spawn("api", ["api", *self._common(), "--port", str(port),
+                            "--save-dir", str(self.config.state_dir / "api"),
+                            *self.config.api_args])  # fmt: skip
         deadline = time.monotonic() + self.config.start_timeout
         while time.monotonic() < deadline:
             self._check_alive()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -100,13 +101,24 @@ def create_app(
     *,
     sink: EventSink | None = None,
     token: str | None = None,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> FastAPI:
+    """``on_shutdown`` runs when the server stops gracefully (the replica's final save):
+    uvicorn re-raises SIGTERM after its shutdown, so code after ``uvicorn.run`` never runs."""
     if sink is not None and not token:
         raise ValueError("the event gateway changes state: it needs a token")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            await run_in_threadpool(on_shutdown)
+
     app = FastAPI(
         title="streambed retrieval API",
         version="0.1.0",
         description="Recommendations from embeddings that learn from the event stream.",
+        lifespan=lifespan,
     )
 
     @app.middleware("http")

@@ -108,3 +108,12 @@ def test_replay_paces_events_and_reports_rate_lag_and_freshness(
     assert "(stopped at --duration)" in bounded.stdout
     refused = streambed("replay", *common, "--generate", "10", "--rate", "5", "--speedup", "2")
     assert refused.returncode == 2 and "not both" in refused.stderr
+
+    # the replica saves on SIGTERM, and a restarted one starts from that save
+    items = pipeline.get("/healthz")["items"]
+    pipeline.stop_process("api")
+    assert (config.state_dir / "api" / "LATEST").exists()
+    pipeline.start_api()
+    assert pipeline.get("/healthz")["items"] == items
+    log = pipeline.log_path("api").read_text()
+    assert f"loaded {items} items from {config.state_dir / 'api'}" in log
