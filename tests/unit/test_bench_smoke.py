@@ -1,0 +1,31 @@
+"""The benchmarks run end to end at toy sizes (no timing is asserted: that is their job)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import ann, http
+
+
+def test_ann_benchmark_runs_and_reports_every_contender(tmp_path: Path) -> None:
+    out = tmp_path / "ann.json"
+    results = ann.main(["--items", "3000", "--queries", "20", "--seconds", "0.5",
+                        "--update-items", "3000", "--freshness-seconds", "0.3",
+                        "--freshness-rates", "300", "--ef-sweep", "64",
+                        "--out", str(out)])  # fmt: skip
+    assert out.exists()
+    paths = results["update_paths"]
+    assert set(paths) == {"hnswlib_readd", "hnswlib_replace_deleted", "graph_only",
+                          "fresh_buffer"}  # fmt: skip
+    assert paths["fresh_buffer"]["300"]["applied"] == paths["fresh_buffer"]["300"]["sent"]
+    size = results["sizes"][0]
+    assert size["static"]["recall_at_10"] > 0.8 and size["while_updating"]["queries"] > 0
+    assert "baseline" in ann.report(results)
+
+
+def test_http_benchmark_runs_against_a_real_server(tmp_path: Path) -> None:
+    results = http.main(["--items", "500", "--users", "50", "--seconds", "0.3",
+                         "--concurrency", "2", "--out", str(tmp_path / "http.json")])  # fmt: skip
+    row = results["runs"][2]
+    assert row["recommendations k=10"]["requests"] > 0
+    assert all(r["errors"] == 0 for r in row.values())
