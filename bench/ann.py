@@ -21,10 +21,13 @@ Usage: ``python -m bench.ann [--items 100000 1000000] [--seconds 10]``
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -63,10 +66,29 @@ def ms(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": pct(samples, 50) * 1e3, "p99_ms": pct(samples, 99) * 1e3}
 
 
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Timed loops run with the cyclic GC paused (as ``timeit`` does): its pauses are the
+    process's, not the index's."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def measure_queries(
     index: AnnIndex, ids: list[str], truth: np.ndarray, queries: np.ndarray, k: int
 ) -> dict[str, Any]:
     """Latency of ANN and of exact search, and recall@k of ANN, on the same queries."""
+    with no_gc():
+        return _measure_queries(index, ids, truth, queries, k)
+
+
+def _measure_queries(
+    index: AnnIndex, ids: list[str], truth: np.ndarray, queries: np.ndarray, k: int
+) -> dict[str, Any]:
     ann_s, exact_s, hits = [], [], 0
     for q in queries:
         t0 = time.perf_counter()
@@ -132,6 +154,8 @@ def while_updating(
                 time.sleep(wait)
 
     writes_before = index.stats.graph_writes
+    gc.collect()
+    gc.disable()  # re-enabled below; see no_gc
     index.start_merging()
     thread = threading.Thread(target=writer, daemon=True)
     started = time.perf_counter()
@@ -151,6 +175,7 @@ def while_updating(
             asked += 10
     stop.set()
     thread.join()
+    gc.enable()
     elapsed = time.perf_counter() - started
     index.close()
     return {
