@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.api.gateway import (
     BATCH_SCHEMA,
@@ -30,7 +31,7 @@ from services.api.gateway import (
 from services.api.metrics import ServingMetrics
 from services.api.state import ServingState
 
-ID_PATTERN = r"^[^\s/]{1,256}$"
+ID_PATTERN = r"^[^/]{1,256}$"  # ids are any 1..256 characters (stream.schemas); "/" routes
 MAX_EXCLUDE = 1000
 EXCLUDE = Query([], max_length=MAX_EXCLUDE, description="item ids to leave out (repeatable)")
 
@@ -121,17 +122,10 @@ def create_app(
         lifespan=lifespan,
     )
 
-    @app.middleware("http")
-    async def timed(request: Request, call_next: Callable[[Request], Awaitable[Response]]):  # type: ignore[no-untyped-def]
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(Timed, metrics=metrics)
 
     @app.get("/healthz", response_model=Health)
-    def healthz() -> Health:
+    async def healthz() -> Health:
         return Health(status="ok", caught_up=caught_up(), items=len(state.index), users=state.users)
 
     @app.get("/stats", response_model=Stats)
@@ -153,7 +147,7 @@ def create_app(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/recommendations/{user_id}", response_model=Recommendations)
-    def recommendations(
+    async def recommendations(
         user_id: str = Path(pattern=ID_PATTERN),
         k: int = Query(10, ge=1, le=1000),
         exclude: list[str] = EXCLUDE,
@@ -230,6 +224,28 @@ def create_app(
         return JSONResponse({"accepted": len(batch)}, status_code=202)
 
     return app
+
+
+class Timed:
+    """Request latency by route template, as a plain ASGI middleware (Starlette's
+    ``BaseHTTPMiddleware`` cost ~0.3 ms a request here)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.request_seconds.labels(endpoint=endpoint).observe(
+                time.perf_counter() - started
+            )
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
