@@ -247,3 +247,31 @@ def test_save_and_load_round_trip(tmp_path: Path, space: str) -> None:
 def test_bad_index_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="merge_chunk"):
         IndexConfig(merge_chunk=0)
+
+
+def test_the_merger_starts_a_compaction_when_deleted_nodes_pile_up() -> None:
+    rng = np.random.default_rng(9)
+    n, dim = 300, 8
+    vectors = unit(rng, n, dim)
+    ids = [f"i{j}" for j in range(n)]
+    index = AnnIndex(dim, capacity=64, ef=100, compact_min=50, compact_at=0.3, drift=0.0)
+    index.upsert(ids, vectors)
+    index.start_merging(idle_seconds=0.001)
+    try:
+        for _ in range(6):  # every item moves: each move deletes a graph node
+            moved = rng.choice(n, 60, replace=False)
+            vectors[moved] = unit(rng, 60, dim)
+            index.upsert([ids[j] for j in moved], vectors[moved])
+            deadline = time.monotonic() + 10
+            while index.pending and time.monotonic() < deadline:
+                time.sleep(0.01)
+        deadline = time.monotonic() + 10
+        while index.stats.compactions == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        index.close()
+    assert index.stats.compactions >= 1
+    live, deleted = index.graph_nodes
+    assert live + index.pending == n and deleted < 0.3 * (live + deleted) + 60
+    for query in unit(rng, 20, dim):
+        assert [i for i, _ in index.search(query, 5)] == exact_top(vectors, ids, query, 5)
