@@ -202,10 +202,10 @@ def create_app(
         if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
             metrics.events_rejected.labels(reason="unauthorized").inc()
             return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        body = await _read_capped(request, MAX_BODY_BYTES)
+        if body is None:
             metrics.events_rejected.labels(reason="too_large").inc()
-            return _error(413, f"body is {len(body)} bytes, limit {MAX_BODY_BYTES}")
+            return _error(413, f"body over the limit of {MAX_BODY_BYTES} bytes")
         try:
             batch = check_batch(json.loads(body))
         except (UnicodeDecodeError, ValueError) as err:
@@ -246,6 +246,21 @@ class Timed:
             self.metrics.request_seconds.labels(endpoint=endpoint).observe(
                 time.perf_counter() - started
             )
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or ``None`` as soon as it is known to exceed ``limit`` (never buffered
+    whole: a declared length over the limit is refused before reading)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:

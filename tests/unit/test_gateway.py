@@ -4,6 +4,7 @@ tests/integration/test_serving.py sends through a real broker)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -98,6 +99,13 @@ def test_the_gateway_needs_the_token(client: TestClient, sink: MemorySink) -> No
 def test_an_oversized_body_is_413(client: TestClient) -> None:
     response = client.post("/events", content=b" " * (MAX_BODY_BYTES + 1), headers=AUTH)
     assert response.status_code == 413
+
+    def chunked() -> Iterator[bytes]:  # no content-length: counted while it streams in
+        for _ in range(3):
+            yield b" " * (MAX_BODY_BYTES // 2)
+
+    response = client.post("/events", content=chunked(), headers=AUTH)
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
 
 
 def test_without_a_token_the_gateway_is_off_and_cannot_be_turned_on() -> None:
