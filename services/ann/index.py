@@ -141,8 +141,7 @@ class _Graph:
         self.dead += 1
 
     def query(self, q: np.ndarray, n: int) -> np.ndarray:
-        """Rows of the ``n`` nearest live nodes."""
-        self.hnsw.set_ef(max(self.config.ef, n))
+        """Rows of the ``n`` nearest live nodes (hnswlib searches with max(ef, n) itself)."""
         nodes, _ = self.hnsw.knn_query(q.reshape(1, -1), k=n, num_threads=1)
         return self.rows[nodes[0].astype(np.int64)]
 
@@ -201,6 +200,7 @@ class AnnIndex:
         with self._turn():
             self.config = replace(self.config, ef=ef)
             self._graph.config = self.config
+            self._graph.hnsw.set_ef(ef)
 
     def vector(self, item_id: str) -> np.ndarray | None:
         with self._turn():
