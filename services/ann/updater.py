@@ -115,8 +115,14 @@ class VectorTailer(threading.Thread):
         begin = self._starts(consumer, partitions)
         if saved is not None:
             end = consumer.end_offsets(partitions)
+            log_start = consumer.beginning_offsets(partitions)
             resume = {tp: saved.get(tp.topic, {}).get(tp.partition, begin[tp]) for tp in partitions}
-            if all(begin[tp] <= resume[tp] <= end[tp] for tp in partitions):
+            for tp in partitions:  # seen items are best effort: an offset gone from the log
+                if tp.topic == self.topics.interactions and not (  # restarts from `begin`
+                    log_start[tp] <= resume[tp] <= end[tp]
+                ):
+                    resume[tp] = begin[tp]
+            if all(log_start[tp] <= resume[tp] <= end[tp] for tp in partitions):
                 for tp, offset in resume.items():
                     consumer.seek(tp, offset)
                 log.info("loaded %d items from %s; catching up", len(self.state.index), source)

@@ -175,3 +175,27 @@ def test_the_gateway_produces_to_kafka_and_the_replica_learns_what_was_seen(
     consumer.close()
     assert sorted(body["event_id"] for _, body, _ in got) == ["g0", "g1", "g2"]
     assert all(key == b"u1" and ts / 1000 >= sent_at - 1 for key, _, ts in got)
+
+
+def test_a_save_older_than_the_seen_window_still_loads_and_reads_on_from_its_offset(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    send_vectors(kafka_bootstrap, topics.item_vectors, vectors(10, 8))
+    saves = tmp_path / "saves"
+
+    def send_events(items: list[str]) -> None:
+        with EventProducer(kafka_bootstrap, topics) as producer:
+            for n, item in enumerate(items):
+                producer.send({"event_id": f"{item}-{n}", "user_id": "u1", "item_id": item,
+                               "type": "view", "ts": time.time()})  # fmt: skip
+
+    send_events(["i1", "i2"])
+    with Replica(kafka_bootstrap, topics, TailerConfig(save_dir=saves), seen=True) as a:
+        assert wait_for(lambda: a.state.seen_by("u1") == {"i1", "i2"})
+    send_events(["i3"])  # after the save
+    time.sleep(1.5)
+    # a replica without a save would read only the last 0.5 s of interactions (none)
+    config = TailerConfig(save_dir=saves, seen_seconds=0.5)
+    with Replica(kafka_bootstrap, topics, config, seen=True) as b:
+        assert b.tailer.started_from == "snapshot"
+        assert wait_for(lambda: b.state.seen_by("u1") == {"i1", "i2", "i3"})
