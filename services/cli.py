@@ -713,7 +713,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # kafka-python 3 warns whenever a poll callback runs over 100 ms, which a busy 2-core
     # machine does routinely; it is noise for a producer or a tailer
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
-    return int(args.func(args))
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        return int(args.func(args))
+    except KafkaTimeoutError as err:  # kafka-python 3: what an unreachable bootstrap raises
+        where = getattr(args, "bootstrap", "the broker")
+        print(f"streambed {args.command}: no Kafka broker answered at {where} ({err}); "
+              "start one with 'streambed kafka up' or pass --bootstrap",
+              file=sys.stderr)  # fmt: skip
+        return 3
 
 
 if __name__ == "__main__":
