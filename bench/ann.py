@@ -1,23 +1,25 @@
 """ANN benchmark: the replica's index against exact brute-force search (numpy), in one run.
 
-For each catalogue size (default 100k and 1M items of dim 64, clustered like
-learnt embeddings):
+* **update paths** (``--update-items`` items): existing items moved one at a time
+  through hnswlib's in-place paths (re-adding the label -- the baseline -- and
+  ``replace_deleted``), through the index without its buffer (delete + insert a new
+  node) and with it; then freshness (update arrives -> searchable) with updates offered
+  at each of ``--freshness-rates`` per second to one writer thread.
+
+For each catalogue size (default 100k and 1M items of dim 64, with a spectrum matched
+to the worker's learnt item vectors, see :func:`catalogue`):
 
 * **static**: query latency p50/p99 and recall@10 of :class:`AnnIndex` against
-  exact search over the same vectors (the baseline: ``vectors @ q`` + top-k);
+  exact search over the same vectors (the baseline: ``vectors @ q`` + top-k), at
+  ``--ef`` and each of ``--ef-sweep``;
 * **while updates stream in**: a writer thread moves items at ``--update-rate``
-  per second (small drifts and big jumps, as online learning does) while the
-  index's background merger folds them into the graph, and the main thread
-  queries; latency p50/p99 and recall@10 against exact search over the
-  vectors as they are at that moment;
-* **update path**: how fast updates of existing items go straight into the graph
-  (hnswlib re-add, the path without the buffer) against the buffered upsert;
-  and freshness (update arrives -> searchable) at ``--update-rate`` for both.
+  per second (steps drawn like the worker's, see :func:`moves`) while the index's
+  merger folds them into the graph and the main thread queries; latency p50/p99,
+  and recall@10 against exact search over the vectors as they are at that moment.
 
 Usage: ``python -m bench.ann [--items 100000 1000000] [--seconds 10]``
 (writes ``bench/results/ann.json``).
 """
-
 from __future__ import annotations
 
 import argparse
