@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ef", type=int, default=256)
     parser.add_argument("--ef-sweep", type=int, nargs="*", default=[64, 128, 512])
     parser.add_argument("--fresh-capacity", type=int, default=16384)
-    parser.add_argument("--drift", type=float, default=0.05)
+    parser.add_argument("--drift", type=float, default=0.1)
     parser.add_argument("--merge-chunk", type=int, default=2)
     parser.add_argument("--out", default="bench/results/ann.json")
     args = parser.parse_args(argv)

@@ -493,6 +493,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentParser:
+    from services.ann.index import IndexConfig
+
     bootstrap = env.get("STREAMBED_BOOTSTRAP", DEFAULT_BOOTSTRAP)
     ps_token = env.get("STREAMBED_PS_TOKEN", "")  # a secret: from the environment, never argv
     api_token = env.get("STREAMBED_API_TOKEN", "")  # turns POST /events on
@@ -598,21 +600,22 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     a.add_argument("--save-dir", help="where the replica saves its index (.streambed/api-PORT)")
     a.add_argument("--save-seconds", type=float, default=60.0, help="0: never save")
     a.add_argument("--load-from", help="start from this save instead of --save-dir's")
+    index = IndexConfig()  # one source for the index's defaults
     a.add_argument(
         "--fresh-capacity",
         type=int,
-        default=4096,
-        help="exact buffer of changed vectors searched beside the graph; 0: none",
+        default=index.fresh_capacity,
+        help="buffered vectors past which the writer merges itself (0: no buffer; %(default)s)",
     )
     a.add_argument(
         "--drift",
         type=float,
-        default=0.02,
-        help="relative change below which the graph's copy is left as is",
+        default=index.drift,
+        help="relative change below which the graph's copy is left as is (%(default)s)",
     )
-    a.add_argument("--m", type=int, default=16, help="hnswlib M")
-    a.add_argument("--ef-construction", type=int, default=100)
-    a.add_argument("--ef", type=int, default=256, help="hnswlib ef at query time")
+    a.add_argument("--m", type=int, default=index.m, help="hnswlib M")
+    a.add_argument("--ef-construction", type=int, default=index.ef_construction)
+    a.add_argument("--ef", type=int, default=index.ef, help="hnswlib ef at query (%(default)s)")
     a.add_argument(
         "--seen-items",
         type=int,

@@ -78,7 +78,7 @@ class IndexConfig:
     ef_construction: int = 100
     ef: int = 256
     fresh_capacity: int = 16384
-    drift: float = 0.05
+    drift: float = 0.1
     merge_chunk: int = 2
     compact_at: float = 0.5
     compact_min: int = 1000  # deleted nodes below this never start a rebuild
