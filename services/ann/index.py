@@ -470,23 +470,27 @@ class AnnIndex:
     # -- persistence --------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
-        """Write the graph, the exact vectors, the id map and the buffer into ``directory``."""
+        """Write the graph, the exact vectors, the id map and the buffer into ``directory``.
+
+        Queries wait only while the graph is written and the rest copied in memory;
+        the copies go to disk after the lock is released."""
         directory.mkdir(parents=True, exist_ok=True)
         with self._turn():
             g = self._graph
             g.hnsw.save_index(str(directory / "graph.bin"))
             n = len(self._ids)
-            np.savez(
-                directory / "index.npz",
-                truth=self._truth[:n],
-                ids=np.array([i or "" for i in self._ids], dtype=str),
-                free=np.array(self._free, dtype=np.int64),
-                node=self._node[:n],
-                node_rows=g.rows[: g.nodes],
-                fresh=np.array(list(self._fresh), dtype=np.int64),
-            )
+            arrays = {
+                "truth": self._truth[:n].copy(),
+                "free": np.array(self._free, dtype=np.int64),
+                "node": self._node[:n].copy(),
+                "node_rows": g.rows[: g.nodes].copy(),
+                "fresh": np.fromiter(self._fresh, dtype=np.int64, count=len(self._fresh)),
+            }
+            ids = list(self._ids)
             meta = {"format": FORMAT, "dim": self.dim, "config": asdict(self.config),
                     "nodes": g.nodes, "dead": g.dead}  # fmt: skip
+        arrays["ids"] = np.array([i or "" for i in ids], dtype=str)
+        np.savez(directory / "index.npz", **arrays)  # type: ignore[arg-type]
         (directory / "index.json").write_text(json.dumps(meta))
 
     @classmethod
