@@ -281,8 +281,8 @@ class AnnIndex:
             self._truth[rows] = vectors
             self.stats.upserts += len(rows)
             if self.config.fresh_capacity == 0:
-                for row in rows[self._node[rows] >= 0].tolist():
-                    self._set_node(row, -1)
+                for row in rows.tolist():
+                    self._drop_node(row)
                 self._insert(rows)
                 return
             moved = self._moved(rows)
@@ -302,7 +302,7 @@ class AnnIndex:
                 if row is None:
                     continue
                 self._unbuffer(row)
-                self._set_node(row, -1)
+                self._drop_node(row)
                 self._ids[row] = None
                 self._free.append(row)
                 removed += 1
@@ -376,8 +376,7 @@ class AnnIndex:
                 old = self._graph
                 self._graph, self._node = graph, node
                 for row in changed:  # moved, merged or evicted since the copy
-                    if node[row] >= 0:
-                        self._set_node(row, -1)
+                    self._drop_node(row)
                     if self._ids[row] is not None and row not in self._fresh:
                         self._buffer(row)
                 self.stats.compactions += 1
@@ -405,12 +404,12 @@ class AnnIndex:
         self._row[item_id] = row
         return row
 
-    def _set_node(self, row: int, node: int) -> None:
-        """Point ``row`` at ``node`` (-1: none), deleting the node it had."""
+    def _drop_node(self, row: int) -> None:
+        """Delete ``row``'s graph node, if it has one (``_insert`` gives it a new one)."""
         current = int(self._node[row])
         if current >= 0:
             self._graph.delete(current)
-        self._node[row] = node
+        self._node[row] = -1
         if self._changed is not None:
             self._changed.add(row)
 
@@ -431,7 +430,7 @@ class AnnIndex:
     def _buffer(self, row: int) -> None:
         slot = self._fresh.get(row)
         if slot is None:
-            self._set_node(row, -1)  # its graph copy is stale from now on
+            self._drop_node(row)  # its graph copy is stale from now on
             slot = len(self._fresh)
             if slot >= len(self._fresh_rows):
                 self._fresh_rows = np.concatenate([self._fresh_rows, self._fresh_rows])
