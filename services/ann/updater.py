@@ -74,9 +74,8 @@ class VectorTailer(threading.Thread):
             if not partitions:
                 return
             consumer.assign(partitions)
-            self._seek(consumer, partitions)
+            end = self._seek(consumer, partitions)
             self.state.index.start_merging()
-            end = consumer.end_offsets(partitions)
             last_save, dirty = time.monotonic(), False
             while not self._stop_event.is_set():
                 try:
@@ -102,8 +101,11 @@ class VectorTailer(threading.Thread):
             self.state.index.close()
             consumer.close()
 
-    def _seek(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
-        """Resume from the last save if it fits the topics as they are; else from the start."""
+    def _seek(
+        self, consumer: KafkaConsumer, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Resume from the last save if it fits the topics as they are; else from the start.
+        Returns the partitions' end offsets (being there is being caught up)."""
         saved = None
         source = self.config.load_dir or self.config.save_dir
         if source is not None:
@@ -112,10 +114,10 @@ class VectorTailer(threading.Thread):
             except (OSError, ValueError, KeyError) as err:
                 log.warning("not using the save in %s (%s)", source, err)
                 self.metrics.restores.labels(result="rejected").inc()
-        begin = self._starts(consumer, partitions)
+        log_start = consumer.beginning_offsets(partitions)
+        end = consumer.end_offsets(partitions)
+        begin = self._starts(consumer, log_start, end)
         if saved is not None:
-            end = consumer.end_offsets(partitions)
-            log_start = consumer.beginning_offsets(partitions)
             resume = {tp: saved.get(tp.topic, {}).get(tp.partition, begin[tp]) for tp in partitions}
             for tp in partitions:  # seen items are best effort: an offset gone from the log
                 if tp.topic == self.topics.interactions and not (  # restarts from `begin`
@@ -130,7 +132,7 @@ class VectorTailer(threading.Thread):
                 self.metrics.index_items.set(len(self.state.index))
                 self.metrics.users.set(self.state.users)
                 self.started_from = "snapshot"
-                return
+                return end
             # offsets outside the topics (recreated, or truncated by retention): rebuild
             log.warning("the save's offsets are outside the topics; rebuilding from them")
             self.metrics.restores.labels(result="rejected").inc()
@@ -139,21 +141,24 @@ class VectorTailer(threading.Thread):
             consumer.seek(tp, offset)
         self.metrics.restores.labels(result="topics").inc()
         self.started_from = "topics"
+        return end
 
     def _starts(
-        self, consumer: KafkaConsumer, partitions: list[TopicPartition]
+        self,
+        consumer: KafkaConsumer,
+        log_start: dict[TopicPartition, int],
+        end: dict[TopicPartition, int],
     ) -> dict[TopicPartition, int]:
         """Where a replica without a save starts: the vector topics (compacted) from the
         beginning, ``interactions`` from ``seen_seconds`` ago."""
-        begin = consumer.beginning_offsets(partitions)
-        recent = [tp for tp in partitions if tp.topic == self.topics.interactions]
+        begin = dict(log_start)
+        recent = [tp for tp in begin if tp.topic == self.topics.interactions]
         if recent:
             since_ms = int((time.time() - self.config.seen_seconds) * 1000)
             found = consumer.offsets_for_times({tp: since_ms for tp in recent})
-            end = consumer.end_offsets(recent)
             for tp in recent:
                 begin[tp] = found[tp].offset if found.get(tp) is not None else end[tp]
-        return dict(begin)
+        return begin
 
     def _save(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> bool:
         if self.config.save_dir is None:
