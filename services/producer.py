@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
 
 from stream.schemas import Interaction, InvalidEvent, dead_letter, parse_event, validate_event
 from stream.topics import Topics
@@ -54,21 +55,19 @@ class EventProducer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send(self, event: Interaction | Mapping[str, Any]) -> None:
-        """Validate and send one event (asynchronously; ``flush`` waits for delivery)."""
+    def send(self, event: Interaction | Mapping[str, Any]) -> FutureRecordMetadata:
+        """Validate and send one event (asynchronously; ``flush`` waits for delivery, the
+        returned future for this record's)."""
         if not isinstance(event, Interaction):
             event = validate_event(event)
-        self._producer.send(
+        return self._producer.send(
             self.topics.interactions, key=event.user_id.encode(), value=event.to_json()
         )
 
     def deliver(self, events: Sequence[Interaction], timeout: float = 10.0) -> None:
         """Send validated events and wait until the broker has acknowledged every one
         (raises the first delivery error)."""
-        futures = [
-            self._producer.send(self.topics.interactions, key=e.user_id.encode(), value=e.to_json())
-            for e in events
-        ]
+        futures = [self.send(event) for event in events]
         self._producer.flush(timeout=timeout)
         for future in futures:
             future.get(timeout=timeout)
