@@ -317,9 +317,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from services.producer import EventProducer
     from services.replay import (
         FRESHNESS,
+        GroupLag,
         Pace,
         api_stats,
-        consumer_lag,
         delta,
         freshness_percentiles,
         read_events,
@@ -363,12 +363,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         tqdm(total=total, desc="replay", unit="ev", disable=args.quiet, smoothing=0.1) as bar,
     ):
         report = replay(schedule(records, pace), producer, duration=args.duration, progress=bar)
-    lag_at_end = consumer_lag(args.bootstrap, args.group, topics.interactions)
-    lag = lag_at_end
-    deadline = time.monotonic() + args.drain_seconds
-    while (lag is None or sum(lag.values()) > 0) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        lag = consumer_lag(args.bootstrap, args.group, topics.interactions)
+    with GroupLag(args.bootstrap, args.group, topics.interactions) as group:
+        lag_at_end = lag = group.read()
+        deadline = time.monotonic() + args.drain_seconds
+        while (lag is None or sum(lag.values()) > 0) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            lag = group.read()
     after = histograms()
     result: dict[str, Any] = {
         "sent": report.sent, "items": report.items, "dead_lettered": dict(report.dead_lettered),

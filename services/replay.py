@@ -3,9 +3,9 @@
 The pure part is :func:`schedule` -- when, relative to the start, each record is
 due -- and :func:`histogram_quantile`, which reads percentiles off a Prometheus
 histogram the way PromQL's ``histogram_quantile`` does. The edge is
-:func:`replay` (sleep until due, produce with kafka-python, a progress bar) and
-:func:`pipeline_report` (consumer lag from the worker group's committed offsets,
-freshness from the API's ``/metrics``).
+:func:`replay` (sleep until due, produce with kafka-python, a progress bar),
+:class:`GroupLag` (consumer lag from the worker group's committed offsets) and
+:func:`scrape_histogram` (freshness from the API's ``/metrics``).
 
 Records are events (to ``interactions``), item content (``ItemInfo``, to
 ``items``) or lines that failed validation (:class:`BadLine`, dead-lettered with
@@ -175,25 +175,37 @@ def replay(
 # -- reading the pipeline's state (edges: Kafka admin, HTTP) -------------------------------
 
 
-def consumer_lag(bootstrap: str, group: str, topic: str) -> dict[int, int] | None:
-    """Per partition of ``topic``: end offset minus the group's committed offset (a partition
-    the group never committed counts from the beginning); ``None`` if the group has committed
-    nothing. Reads the offsets only: the consumer never joins the group."""
-    from kafka import KafkaConsumer, TopicPartition
+class GroupLag:
+    """Consumer lag of a group on one topic, read with one consumer that never joins it."""
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             enable_auto_commit=False, client_id="streambed-replay")  # fmt: skip
-    try:
-        found = consumer.partitions_for_topic(topic) or ()
-        partitions = [TopicPartition(topic, p) for p in sorted(found)]
-        committed = {tp: consumer.committed(tp) for tp in partitions}
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        from kafka import KafkaConsumer
+
+        self.topic = topic
+        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                       enable_auto_commit=False,
+                                       client_id="streambed-replay")  # fmt: skip
+
+    def __enter__(self) -> GroupLag:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._consumer.close()
+
+    def read(self) -> dict[int, int] | None:
+        """Per partition: end offset minus the group's committed offset (a partition the
+        group never committed counts from the beginning); ``None`` if the group has
+        committed nothing."""
+        from kafka import TopicPartition
+
+        found = self._consumer.partitions_for_topic(self.topic) or ()
+        partitions = [TopicPartition(self.topic, p) for p in sorted(found)]
+        committed = {tp: self._consumer.committed(tp) for tp in partitions}
         if all(offset is None for offset in committed.values()):
             return None
-        end = consumer.end_offsets(partitions)
-        begin = consumer.beginning_offsets(partitions)
+        end = self._consumer.end_offsets(partitions)
+        begin = self._consumer.beginning_offsets(partitions)
         return {tp.partition: max(0, end[tp] - (committed[tp] or begin[tp])) for tp in partitions}
-    finally:
-        consumer.close()
 
 
 def scrape_histogram(url: str, name: str, labels: dict[str, str]) -> list[tuple[float, float]]:
