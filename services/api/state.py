@@ -171,8 +171,8 @@ class ServingState:
         latest = root / ".LATEST.tmp"
         latest.write_text(name)
         os.replace(latest, root / "LATEST")
-        for old in root.glob("snapshot-*"):
-            if old.name != name:
+        for old in [*root.glob("snapshot-*"), *root.glob(".snapshot-*.tmp")]:
+            if old.name != name:  # older snapshots, and any a failed save left half-written
                 shutil.rmtree(old, ignore_errors=True)
         return root / name
 
