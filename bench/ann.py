@@ -20,6 +20,7 @@ to the worker's learnt item vectors, see :func:`catalogue`):
 Usage: ``python -m bench.ann [--items 100000 1000000] [--seconds 10]``
 (writes ``bench/results/ann.json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -239,7 +240,7 @@ def update_paths(
         row: dict[str, Any] = {"upserts_per_s": len(picks) / (time.perf_counter() - started)}
         if name != "hnswlib_replace_deleted":
             for rate in args.freshness_rates:
-                row[str(rate)] = freshness(make(), base, keys, rate, args.freshness_seconds)
+                row[str(rate)] = freshness(index, base, keys, rate, args.freshness_seconds)
         out[name] = row
         print(f"update path {name}: {json.dumps(row)}", flush=True)
     return out
