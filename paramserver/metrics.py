@@ -23,7 +23,7 @@ Examples
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,14 @@ class PSMetrics:
             checkpoint_rows=Counter(f"{p}_checkpoint_rows", "Rows written by checkpoints",
                                     registry=r),
         )  # fmt: skip
+
+    def initialise(self, tables: Iterable[str]) -> PSMetrics:
+        """Create each table's series at zero, so a rate over them is 0, not absent."""
+        for name in tables:
+            self.rows.labels(table=name)
+            self.admissions.labels(table=name)
+            self.evictions.labels(table=name)
+        return self
 
     def observe(
         self,

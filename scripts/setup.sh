@@ -38,4 +38,19 @@ echo "==> streambed and its Python dependencies"
 echo "==> Kafka broker jars (Maven Central, docker/kafka/pom.xml)"
 .venv/bin/streambed kafka install
 
+echo "==> Debian packages: prometheus (+ promtool), chromium, docker-compose"
+# the dashboard tests run a real Prometheus, the live page is tested in headless Chromium,
+# and docker/compose.yml is validated with docker-compose's `config` (no engine needed)
+need=()
+for pair in prometheus:prometheus promtool:prometheus chromium:chromium \
+            docker-compose:docker-compose; do
+  command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=(); [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+  "${SUDO[@]}" apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+fi
+
 echo "setup done: run the demo with  .venv/bin/streambed demo"

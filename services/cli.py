@@ -92,7 +92,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         train=train, datadir=str(faust_dir),
     )  # fmt: skip
     registry = CollectorRegistry()
-    metrics = WorkerMetrics.create(registry)
+    metrics = WorkerMetrics.create(registry).initialise(train.type_weights)
     ps = _worker_ps(args, train, registry)
     core = WorkerCore(
         OnlineTrainer.create(train, ps), batcher=Batcher(args.batch_size, args.batch_ms)
@@ -139,7 +139,8 @@ def _worker_ps(args: argparse.Namespace, train, registry):  # type: ignore[no-un
         inner = RemotePS(addresses, token=args.ps_token or None)
     else:
         inner = ParameterServer(train.tables())
-    return MeteredPS(inner, PSMetrics.create(registry))
+    tables = [t.name for t in train.tables()]
+    return MeteredPS(inner, PSMetrics.create(registry).initialise(tables))
 
 
 def _restore_worker(args: argparse.Namespace, core, topic: str):  # type: ignore[no-untyped-def]
@@ -174,6 +175,14 @@ def _restore_worker(args: argparse.Namespace, core, topic: str):  # type: ignore
     return store
 
 
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from services.dashboards import write
+
+    for path in write(Path(args.out)):
+        print(path)
+    return 0
+
+
 def cmd_ps_shard(args: argparse.Namespace) -> int:
     """One parameter-server shard process (gRPC), optionally durable in RocksDB."""
     import signal
@@ -192,7 +201,7 @@ def cmd_ps_shard(args: argparse.Namespace) -> int:
     )  # fmt: skip
     ps = ParameterServer(train.tables())
     registry = CollectorRegistry()
-    metrics = PSMetrics.create(registry)
+    metrics = PSMetrics.create(registry).initialise(ps.tables)
 
     def observe(op: str, table: str, n: int, seconds: float, error: str | None) -> None:
         metrics.observe(op, table, n, seconds, error, ps)
@@ -248,9 +257,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     from services.api.seen import SeenItems
     from services.api.state import ServingState
     from services.producer import EventProducer
+    from stream.schemas import EVENT_TYPES
 
     registry = CollectorRegistry()
-    metrics = ServingMetrics.create(registry)
+    metrics = ServingMetrics.create(registry).initialise(EVENT_TYPES)
     index = IndexConfig(
         space=args.space, m=args.m, ef_construction=args.ef_construction, ef=args.ef,
         fresh_capacity=args.fresh_capacity, drift=args.drift,
@@ -698,6 +708,10 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     e.add_argument("--als-every", type=int, default=5000, help="ALS retrains every N events")
     e.add_argument("--als-factors", type=int, default=8)
     e.set_defaults(func=cmd_evaluate)
+
+    g = sub.add_parser("dashboards", help="write the Grafana dashboards (JSON) to a directory")
+    g.add_argument("--out", default="docker/grafana/dashboards")
+    g.set_defaults(func=cmd_dashboards)
 
     d = sub.add_parser("demo", help="the whole pipeline locally on generated data")
     d.add_argument("--bootstrap", default=None, help="use this cluster instead of a local broker")

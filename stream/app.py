@@ -24,6 +24,7 @@ from typing import Any
 
 import faust
 import numpy as np
+from prometheus_client import Gauge
 
 from paramserver.stores import RowStore
 from stream.checkpoint import checkpoint_writes
@@ -122,6 +123,30 @@ class Settler:
         self.unacked = keep
 
 
+class PartitionLag:
+    """The worker's consumer lag per partition: the high watermark its consumer last saw
+    minus the next offset to process. Reads the consumer's cached watermarks (no broker
+    call), so it is cheap enough to run after every batch."""
+
+    def __init__(self, gauge: Gauge, highwater: Callable[[Any], int | None]) -> None:
+        self.gauge, self.highwater = gauge, highwater
+        self.next: dict[Any, int] = {}  # TP -> next offset to process
+
+    def processed(self, events: list[faust.EventT]) -> None:
+        for e in events:
+            tp, offset = e.message.tp, e.message.offset + 1
+            if offset > self.next.get(tp, -1):
+                self.next[tp] = offset
+        self.refresh()
+
+    def refresh(self) -> None:
+        for tp, offset in self.next.items():
+            high = self.highwater(tp)
+            if high is not None:
+                labels = {"topic": tp.topic, "partition": str(tp.partition)}
+                self.gauge.labels(**labels).set(max(0, high - offset))
+
+
 @dataclass
 class Live:
     """What the idle timer needs from the agent: its stream and when it last got records."""
@@ -146,6 +171,7 @@ def build_app(
     settler = Settler(core, store, topics.interactions, metrics, config.checkpoint_seconds)
     lock = asyncio.Lock()  # the agent and the idle timer take turns with the core
     live = Live(delivered=time.monotonic())
+    lag = PartitionLag(metrics.consumer_lag, lambda tp: app.consumer.highwater(tp))
 
     async def publish(out: BatchOutput) -> None:
         """Dead letters, changed vectors and tombstones of one step, to their topics."""
@@ -190,6 +216,7 @@ def build_app(
                     metrics.replayed.inc(replayed)
                 settler.unacked.extend(events)
                 await run(batches)
+                lag.processed(events)
                 if settler.due():
                     await settler.settle(stream, app)
 
@@ -231,6 +258,8 @@ def build_app(
             return
         async with lock:
             quiet = time.monotonic() - live.delivered >= config.idle_grace_ms / 1000
+            if quiet:  # no records delivered: the watermarks may still have moved
+                lag.refresh()
             if quiet:
                 await run(core.batcher.flush_idle(int(time.time() * 1000), config.idle_grace_ms))
             if settler.unacked and (quiet or settler.due()):

@@ -12,6 +12,7 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,6 +38,7 @@ class WorkerMetrics:
     checkpoint_writes: Counter
     content_items: Counter
     content_seconds: Histogram
+    consumer_lag: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "streambed_worker") -> WorkerMetrics:
@@ -75,4 +77,17 @@ class WorkerMetrics:
             content_seconds=Histogram(f"{p}_content_seconds",
                                       "Embedding and serving a batch of new items' content",
                                       buckets=LATENCY_BUCKETS, registry=r),
+            consumer_lag=Gauge(f"{p}_consumer_lag_records",
+                               "Records on the partition not yet processed by this worker "
+                               "(high watermark minus position)", ["topic", "partition"],
+                               registry=r),
         )  # fmt: skip
+
+    def initialise(self, event_types: Iterable[str]) -> WorkerMetrics:
+        """Create the known label values at zero, so a rate over them is 0, not absent."""
+        for kind in event_types:
+            self.events.labels(type=kind)
+        for kind in ("item", "user"):
+            self.vectors_published.labels(kind=kind)
+            self.evictions_published.labels(kind=kind)
+        return self

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from stream.topics import Topics
 from stream.vectors import VectorRecord
 
 log = logging.getLogger("streambed.tailer")
+LAG_SECONDS = 0.5  # how often the consumer-lag gauges are refreshed
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class VectorTailer(threading.Thread):
             end = self._seek(consumer, partitions)
             self.state.index.start_merging()
             last_save, dirty = time.monotonic(), False
+            last_lag = 0.0
             while not self._stop_event.is_set():
                 try:
                     batch = consumer.poll(timeout_ms=self.poll_ms, max_records=5000)
@@ -87,6 +90,9 @@ class VectorTailer(threading.Thread):
                     log.exception("tailer poll failed; retrying in 1 s")
                     self._stop_event.wait(1.0)
                     continue
+                if time.monotonic() - last_lag >= LAG_SECONDS:
+                    self._lag(consumer, partitions)
+                    last_lag = time.monotonic()
                 if not self.caught_up.is_set() and all(
                     consumer.position(tp) >= end[tp] for tp in partitions
                 ):
@@ -175,6 +181,14 @@ class VectorTailer(threading.Thread):
         self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
         return True
 
+    def _lag(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        """Per partition: the high watermark the last fetch saw minus the position."""
+        for tp in partitions:
+            high = consumer.highwater(tp)
+            if high is not None:
+                labels = {"topic": tp.topic, "partition": str(tp.partition)}
+                self.metrics.consumer_lag.labels(**labels).set(max(0, high - consumer.position(tp)))
+
     def _wait_for_partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
         names: tuple[str, ...] = (self.topics.item_vectors, self.topics.user_vectors)
         if self.state.seen is not None:
@@ -210,14 +224,17 @@ class VectorTailer(threading.Thread):
         self._apply_vectors(topic, run)
 
     def _apply_events(self, records: list) -> None:  # type: ignore[type-arg]
-        pairs = []
+        pairs, kinds = [], Counter[str]()
         for rec in records:
             try:
                 event = parse_event(rec.value)
             except InvalidEvent:  # the worker dead-letters it; here it is simply not seen
                 continue
             pairs.append((event.user_id, event.item_id))
+            kinds[event.type] += 1
         self.state.apply_events(pairs)
+        for kind, n in kinds.items():
+            self.metrics.interactions_seen.labels(type=kind).inc(n)
 
     def _kind(self, topic: str) -> str:
         return "item" if topic == self.topics.item_vectors else "user"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -28,6 +28,8 @@ class ServingMetrics:
     restores: Counter
     events_accepted: Counter
     events_rejected: Counter
+    consumer_lag: Gauge
+    interactions_seen: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "streambed_api") -> ServingMetrics:
@@ -56,7 +58,23 @@ class ServingMetrics:
                                     "Events accepted by POST /events and produced", registry=r),
             events_rejected=Counter(f"{p}_gateway_events_rejected",
                                     "Events refused by POST /events", ["reason"], registry=r),
+            consumer_lag=Gauge(f"{p}_consumer_lag_records",
+                               "Records on the partition this replica has not read yet",
+                               ["topic", "partition"], registry=r),
+            interactions_seen=Counter(f"{p}_interactions_seen",
+                                      "Interaction events this replica read (exclude-seen)",
+                                      ["type"], registry=r),
         )  # fmt: skip
+
+    def initialise(self, event_types: Iterable[str]) -> ServingMetrics:
+        """Create the known label values at zero, so a rate over them is 0, not absent."""
+        for kind in ("item", "user"):
+            self.freshness_seconds.labels(kind=kind)
+            self.vectors_applied.labels(kind=kind)
+            self.evictions_applied.labels(kind=kind)
+        for kind in event_types:
+            self.interactions_seen.labels(type=kind)
+        return self
 
 
 class IndexCollector(Collector):
