@@ -4,7 +4,8 @@
 #
 #   bash scripts/setup.sh
 #
-# Needs python3 (>= 3.10), Java 17 and Maven on PATH. torch's wheels (about 3 GB with
+# Needs python3 (>= 3.10), Java 17, Maven and npm on PATH (and apt-get, as root or with sudo,
+# for Debian's prometheus, chromium and docker-compose when they are missing). torch's wheels (about 3 GB with
 # its CUDA libraries where no CPU wheel is on the machine) are kept in a wheelhouse,
 # $STREAMBED_WHEELHOUSE (default ~/.cache/streambed/wheels), so later setups reuse them.
 set -euo pipefail
@@ -14,7 +15,7 @@ PYTHON=${PYTHON:-python3}
 WHEELHOUSE=${STREAMBED_WHEELHOUSE:-$HOME/.cache/streambed/wheels}
 TORCH=torch==2.13.0
 
-for tool in "$PYTHON" java mvn; do
+for tool in "$PYTHON" java mvn npm; do
   command -v "$tool" >/dev/null || { echo "setup: '$tool' is not on PATH" >&2; exit 1; }
 done
 
@@ -37,6 +38,9 @@ echo "==> streambed and its Python dependencies"
 
 echo "==> Kafka broker jars (Maven Central, docker/kafka/pom.xml)"
 .venv/bin/streambed kafka install
+
+echo "==> the live page's JS libraries (npm registry, pinned in web/package-lock.json)"
+npm ci --prefix web --no-audit --no-fund --loglevel=error
 
 echo "==> Debian packages: prometheus (+ promtool), chromium, docker-compose"
 # the dashboard tests run a real Prometheus, the live page is tested in headless Chromium,

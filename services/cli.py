@@ -175,6 +175,21 @@ def _restore_worker(args: argparse.Namespace, core, topic: str):  # type: ignore
     return store
 
 
+def cmd_screenshot(args: argparse.Namespace) -> int:
+    from services.browser import screenshot
+
+    try:
+        path = screenshot(args.url, Path(args.out), polls=args.polls, timeout_s=args.timeout)
+    except (RuntimeError, FileNotFoundError) as err:
+        print(f"streambed screenshot: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # playwright's errors: the page did not load or never polled
+        print(f"streambed screenshot: {args.url}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    print(f"{path} ({path.stat().st_size:,} bytes)")
+    return 0
+
+
 def cmd_dashboards(args: argparse.Namespace) -> int:
     from services.dashboards import write
 
@@ -253,6 +268,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from services.ann.updater import TailerConfig, VectorTailer
     from services.api.app import create_app
     from services.api.gateway import KafkaSink
+    from services.api.live import GroupLagWatcher, LiveView
     from services.api.metrics import IndexCollector, ServingMetrics
     from services.api.seen import SeenItems
     from services.api.state import ServingState
@@ -292,12 +308,17 @@ def cmd_api(args: argparse.Namespace) -> int:
             return
         done.set()
         tailer.stop()
+        watcher.stop()
         if sink is not None:
             sink.close()
 
+    topics = _topics(args)
+    watcher = GroupLagWatcher(args.bootstrap, args.worker_group, topics.interactions)
+    live = LiveView(state, registry, watcher)
     tailer.start()
     app = create_app(state, registry, metrics, caught_up=tailer.caught_up.is_set,
-                     sink=sink, token=args.api_token or None, on_shutdown=shutdown)  # fmt: skip
+                     sink=sink, token=args.api_token or None, on_shutdown=shutdown,
+                     live=live)  # fmt: skip
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     finally:
@@ -609,6 +630,8 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     a.add_argument("--space", default="ip", choices=["ip", "cosine", "l2"])
     a.add_argument("--save-dir", help="where the replica saves its index (.streambed/api-PORT)")
     a.add_argument("--save-seconds", type=float, default=60.0, help="0: never save")
+    a.add_argument("--worker-group", default="streambed-worker",
+                   help="the workers' consumer group (its lag is shown on /live)")  # fmt: skip
     a.add_argument("--load-from", help="start from this save instead of --save-dir's")
     index = IndexConfig()  # one source for the index's defaults
     a.add_argument(
@@ -708,6 +731,13 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     e.add_argument("--als-every", type=int, default=5000, help="ALS retrains every N events")
     e.add_argument("--als-factors", type=int, default=8)
     e.set_defaults(func=cmd_evaluate)
+
+    sc = sub.add_parser("screenshot", help="a PNG of a replica's live page (headless Chromium)")
+    sc.add_argument("--url", default="http://127.0.0.1:8000/live")
+    sc.add_argument("--out", default="live.png")
+    sc.add_argument("--polls", type=int, default=5, help="let the page poll this many times")
+    sc.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    sc.set_defaults(func=cmd_screenshot)
 
     g = sub.add_parser("dashboards", help="write the Grafana dashboards (JSON) to a directory")
     g.add_argument("--out", default="docker/grafana/dashboards")

@@ -134,6 +134,7 @@ class LocalPipeline:
         self.metrics_targets["api"] = [f"127.0.0.1:{port}"]
         self._spawn("api", ["api", *self._common(), "--port", str(port),
                             "--save-dir", str(self.config.state_dir / "api"),
+                            "--worker-group", self.config.app_id,
                             *self.config.api_args])  # fmt: skip
         deadline = time.monotonic() + self.config.start_timeout
         while time.monotonic() < deadline:

@@ -207,6 +207,13 @@ class AnnIndex:
             row = self._row.get(item_id)
             return None if row is None else self._truth[row].copy()
 
+    def vectors(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The current vectors of those ``ids`` the index holds (in order), in one lock turn."""
+        with self._turn():
+            rows = [(i, self._row[i]) for i in ids if i in self._row]
+            matrix = self._truth[[row for _, row in rows]].copy()
+        return [i for i, _ in rows], matrix.reshape(len(rows), self.dim)
+
     def search(
         self, query: np.ndarray, k: int, exclude: Collection[str] = ()
     ) -> list[tuple[str, float]]:

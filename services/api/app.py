@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,6 +28,7 @@ from services.api.gateway import (
     GatewayUnavailable,
     check_batch,
 )
+from services.api.live import ASSETS, STATIC, LiveView
 from services.api.metrics import ServingMetrics
 from services.api.state import ServingState
 
@@ -75,6 +76,22 @@ class Stats(BaseModel):
     index_deleted_nodes: int
 
 
+class LiveData(BaseModel):
+    ts: float
+    events_seen: dict[str, float]
+    vectors_applied: dict[str, float]
+    freshness_seconds: dict[str, float | int | None]
+    replica_lag: dict[str, int]
+    worker_lag: dict[int, int] | None
+    index: dict[str, int]
+    recent_users: list[str]
+
+
+class LivePoints(BaseModel):
+    fitted_at: float | None
+    points: list[tuple[str, float, float, int]]
+
+
 class Accepted(BaseModel):
     accepted: int
 
@@ -103,9 +120,13 @@ def create_app(
     sink: EventSink | None = None,
     token: str | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    live: LiveView | None = None,
 ) -> FastAPI:
     """``on_shutdown`` runs when the server stops gracefully (the replica's final save):
-    uvicorn re-raises SIGTERM after its shutdown, so code after ``uvicorn.run`` never runs."""
+    uvicorn re-raises SIGTERM after its shutdown, so code after ``uvicorn.run`` never runs.
+    ``live``: what the ``/live`` page shows (default: this replica's own view, no worker lag).
+    """
+    view = live or LiveView(state, registry)
     if sink is not None and not token:
         raise ValueError("the event gateway changes state: it needs a token")
 
@@ -141,6 +162,32 @@ def create_app(
             index_graph_nodes=live,
             index_deleted_nodes=deleted,
         )
+
+    @app.get("/live", include_in_schema=False)
+    def live_page() -> Response:
+        missing = [name for name, path in ASSETS.items() if not path.is_file()]
+        if missing:
+            return _error(503, f"the live page's files are missing ({', '.join(missing)}): "
+                               "run scripts/setup.sh, or npm ci --prefix web")  # fmt: skip
+        return FileResponse(STATIC / "live.html", media_type="text/html")
+
+    @app.get("/live/static/{name}", include_in_schema=False)
+    def live_static(name: str) -> Response:
+        path = ASSETS.get(name)
+        if path is None or not path.is_file():
+            return _error(404, f"no such file: {name}")
+        return FileResponse(path)
+
+    @app.get("/live/data", response_model=LiveData)
+    async def live_data() -> LiveData:
+        """What the live page polls every second: counters (the page takes their rates),
+        freshness percentiles of the last 30 s, consumer lag, index size."""
+        return LiveData(**view.data())
+
+    @app.get("/live/projection", response_model=LivePoints)
+    async def live_projection(n: int = Query(400, ge=1, le=2000)) -> LivePoints:
+        """The ``n`` most updated items as ``[id, x, y, updates]`` on fixed PCA axes."""
+        return LivePoints(**view.points(n))
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:

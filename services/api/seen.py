@@ -11,14 +11,15 @@ Examples
 >>> sorted(seen.get("u1"))                       # only the last two
 ['b', 'c']
 >>> seen.add("u2", "x"); seen.add("u3", "y")     # u1 is the least recently active
->>> seen.get("u1"), len(seen)
-(frozenset(), 2)
+>>> seen.get("u1"), len(seen), seen.recent(5)
+(frozenset(), 2, ['u3', 'u2'])
 >>> SeenItems.from_json(seen.to_json(), per_user=2, max_users=2).get("u3")
 frozenset({'y'})
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -53,6 +54,11 @@ class SeenItems:
         with self._lock:
             items = self._users.get(user_id)
             return frozenset(items) if items else frozenset()
+
+    def recent(self, n: int) -> list[str]:
+        """The ``n`` most recently active users, most recent first."""
+        with self._lock:
+            return list(itertools.islice(reversed(self._users), n))
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:
