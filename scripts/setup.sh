@@ -4,10 +4,11 @@
 #
 #   bash scripts/setup.sh
 #
-# Needs python3 (>= 3.10), Java 17, Maven and npm on PATH (and apt-get, as root or with sudo,
-# for Debian's prometheus, chromium and docker-compose when they are missing). torch's wheels (about 3 GB with
-# its CUDA libraries where no CPU wheel is on the machine) are kept in a wheelhouse,
-# $STREAMBED_WHEELHOUSE (default ~/.cache/streambed/wheels), so later setups reuse them.
+# Needs python3 (>= 3.10), Java 17, Maven and npm on PATH, and apt-get (as root or with sudo)
+# for Debian's prometheus, chromium and docker-compose when they are missing. torch's wheels
+# (about 3 GB with its CUDA libraries where no CPU wheel is on the machine) are kept in a
+# wheelhouse, $STREAMBED_WHEELHOUSE (default ~/.cache/streambed/wheels), so later setups
+# reuse them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
