@@ -8,7 +8,10 @@ this process with ``concurrency`` client threads on keep-alive connections:
 * **baseline**: ``GET /healthz`` (routing, middleware, JSON; no index) -- the floor of the
   HTTP stack on this machine;
 * ``GET /recommendations/{user}?k=10`` (user vector -> ANN -> JSON);
-* ``GET /recommendations/{user}?k=10&exclude_seen=true`` (plus a seen-items filter).
+* ``GET /recommendations/{user}?k=10&exclude_seen=true`` (plus a seen-items filter);
+* what being watched costs: the live page's two polls (``/live/data`` every second,
+  ``/live/projection?n=400`` every two, computed here on every request; the API caches
+  it for a second) and a Prometheus scrape of ``/metrics``.
 
 Usage: ``python -m bench.http [--items 100000] [--seconds 5] [--concurrency 1 4 16]``
 (writes ``bench/results/http.json``). Client and server share the machine's cores.
@@ -39,9 +42,11 @@ def serve(args: argparse.Namespace) -> None:
 
     from services.ann.index import IndexConfig
     from services.api.app import create_app
+    from services.api.live import LiveView
     from services.api.metrics import ServingMetrics
     from services.api.seen import SeenItems
     from services.api.state import ServingState
+    from stream.schemas import EVENT_TYPES
     from stream.vectors import VectorRecord
 
     rng = np.random.default_rng(0)
@@ -70,7 +75,9 @@ def serve(args: argparse.Namespace) -> None:
 
     threading.Thread(target=updates, daemon=True).start()
     registry = CollectorRegistry()
-    app = create_app(state, registry, ServingMetrics.create(registry))
+    metrics = ServingMetrics.create(registry).initialise(EVENT_TYPES)
+    live = LiveView(state, registry, points_seconds=0.0)  # every request computes (uncached)
+    app = create_app(state, registry, metrics, live=live)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
@@ -151,6 +158,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "recommendations k=10, exclude_seen": [
                 f"/recommendations/{u}?k=10&exclude_seen=true" for u in users
             ],
+            # what watching the replica costs it: the live page's polls and a scrape
+            "live page: /live/data": ["/live/data"],
+            "live page: /live/projection n=400 (uncached)": ["/live/projection?n=400"],
+            "Prometheus scrape: /metrics": ["/metrics"],
         }
         results: dict[str, Any] = {"args": vars(args), "runs": {}}
         for concurrency in args.concurrency:
@@ -170,12 +181,12 @@ def report(results: dict[str, Any]) -> str:
     a = results["args"]
     lines = [f"{a['items']:,} items x {a['dim']}-d, {a['users']:,} users, "
              f"{a['updates_per_s']:,} item updates/s in the server, {a['seconds']:.0f} s per cell",
-             "clients  endpoint                              req/s    p50 ms   p99 ms   "
+             "clients  endpoint                                      req/s    p50 ms   p99 ms   "
              "p50 vs baseline"]  # fmt: skip
     for concurrency, row in results["runs"].items():
         base = row["healthz (baseline)"]["p50_ms"]
         for name, r in row.items():
-            lines.append(f"{concurrency:>7}  {name:<36} {r['req_per_s']:>7,.0f}  "
+            lines.append(f"{concurrency:>7}  {name:<44} {r['req_per_s']:>7,.0f}  "
                          f"{r['p50_ms']:>7.2f}  {r['p99_ms']:>7.2f}   {r['p50_ms'] / base:>5.2f}x"
                          + (f"  ({r['errors']} errors)" if r["errors"] else ""))  # fmt: skip
     return "\n".join(lines)

@@ -519,6 +519,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         DemoConfig(
             events=args.events, bootstrap=args.bootstrap, state_dir=Path(args.state_dir),
             seed=args.seed, rounds=args.rounds, keep_running=args.keep_running,
+            prometheus_port=args.prometheus,
         )
     )  # fmt: skip
 
@@ -750,6 +751,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--state-dir", default=str(STATE_DIR / "demo"))
     d.add_argument("--keep-running", action="store_true")
+    d.add_argument("--prometheus", type=int, nargs="?", const=9090, default=None, metavar="PORT",
+                   help="also run Debian's Prometheus on 127.0.0.1:PORT (default 9090), "
+                        "scraping every process")  # fmt: skip
     d.set_defaults(func=cmd_demo)
     return parser
 

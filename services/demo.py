@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from services.datagen import GeneratorConfig, InteractionGenerator, ItemInfo
 from services.datagen.generator import THEMES
 from services.local import LocalPipeline, PipelineConfig
 from services.producer import EventProducer
+from services.prometheus import LocalPrometheus
 from stream.schemas import Interaction
 
 TOP_K = 10
@@ -40,6 +42,7 @@ class DemoConfig:
     keep_running: bool = False
     wait_timeout: float = 120.0
     history_share: float = 0.4  # of the generated records, used offline by the bootstrap
+    prometheus_port: int | None = None  # start Debian's Prometheus here, scraping the pipeline
 
 
 def wait_until_learnt(pipe: LocalPipeline, expected: int, timeout: float) -> float:
@@ -102,9 +105,15 @@ def run_demo(cfg: DemoConfig) -> int:
         app_id=f"{prefix}streambed-worker", worker_args=("--init-from", str(boot_path)),
     )  # fmt: skip
     print("starting Kafka (KRaft), the stream worker and the retrieval API ...")
-    with LocalPipeline(pipe_cfg) as pipe:
+    with LocalPipeline(pipe_cfg) as pipe, contextlib.ExitStack() as stack:
         print(f"  broker {pipe.bootstrap} | API {pipe.api_url}/docs | "
               f"worker metrics {pipe.worker_metrics_url}")  # fmt: skip
+        print(f"  live page {pipe.api_url}/live")
+        if cfg.prometheus_port is not None:
+            prom = LocalPrometheus(cfg.state_dir / "prometheus", pipe.metrics_targets,
+                                   port=cfg.prometheus_port)  # fmt: skip
+            stack.enter_context(prom)
+            print(f"  Prometheus {prom.url} (scraping {', '.join(pipe.metrics_targets)})")
         activity: Counter[str] = Counter()
         with EventProducer(pipe.bootstrap, pipe_cfg.topics) as producer:
             for info in gen.catalogue():

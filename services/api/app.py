@@ -179,13 +179,13 @@ def create_app(
         return FileResponse(path)
 
     @app.get("/live/data", response_model=LiveData)
-    async def live_data() -> LiveData:
+    def live_data() -> LiveData:  # sync: a few ms of numpy, kept off the event loop
         """What the live page polls every second: counters (the page takes their rates),
         freshness percentiles of the last 30 s, consumer lag, index size."""
         return LiveData(**view.data())
 
     @app.get("/live/projection", response_model=LivePoints)
-    async def live_projection(n: int = Query(400, ge=1, le=2000)) -> LivePoints:
+    def live_projection(n: int = Query(400, ge=1, le=2000)) -> LivePoints:
         """The ``n`` most updated items as ``[id, x, y, updates]`` on fixed PCA axes."""
         return LivePoints(**view.points(n))
 

@@ -87,6 +87,7 @@ class LiveView:
         group_lag: Callable[[], dict[int, int] | None] | None = None,
         *,
         window_seconds: float = 30.0,
+        points_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = state
@@ -95,6 +96,10 @@ class LiveView:
         self.window_seconds = window_seconds
         self.clock = clock
         self.projection = Projection()
+        # a projection costs ~10 ms at 100k items (bench/http): however many pages watch,
+        # it is computed at most once per points_seconds for each n
+        self.points_seconds = points_seconds
+        self._points: dict[int, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def _sample(self, name: str, labels: dict[str, str]) -> float:
@@ -129,17 +134,23 @@ class LiveView:
 
     def points(self, n: int) -> dict[str, Any]:
         """The ``n`` items with the most updates, projected to 2-D on the current axes."""
-        popular = self.state.popular(n)
-        ids, vectors = self.state.index.vectors([item for item, _ in popular])
-        updates = dict(popular)
         with self._lock:
-            xy = self.projection.project(vectors, self.clock())
+            now = self.clock()
+            cached = self._points.get(n)
+            if cached is not None and now - cached[0] < self.points_seconds:
+                return cached[1]
+            popular = self.state.popular(n)
+            ids, vectors = self.state.index.vectors([item for item, _ in popular])
+            updates = dict(popular)
+            xy = self.projection.project(vectors, now)
             fitted_at = self.projection.fitted_at
-        return {
-            "fitted_at": fitted_at if np.isfinite(fitted_at) else None,
-            "points": [[i, round(float(x), 5), round(float(y), 5), int(updates[i])]
-                       for i, (x, y) in zip(ids, xy.tolist(), strict=True)],
-        }  # fmt: skip
+            body = {
+                "fitted_at": fitted_at if np.isfinite(fitted_at) else None,
+                "points": [[i, round(float(x), 5), round(float(y), 5), int(updates[i])]
+                           for i, (x, y) in zip(ids, xy.tolist(), strict=True)],
+            }  # fmt: skip
+            self._points = {n: (now, body)}
+            return body
 
 
 class GroupLagWatcher:

@@ -62,11 +62,11 @@ def observed(
     with LocalPipeline(config) as pipe:
         prom = LocalPrometheus(state / "prometheus", pipe.metrics_targets, interval=1.0)
         with prom:
-            _drive(pipe, state)
+            _drive(pipe)
             yield pipe, prom
 
 
-def _drive(pipe: LocalPipeline, state: Path) -> None:
+def _drive(pipe: LocalPipeline) -> None:
     topic = pipe.config.topics.interactions
     producer = KafkaProducer(bootstrap_servers=pipe.bootstrap)
     for bad in (b"{broken", b'{"event_id": "x"}', b"[]"):  # three dead-letter reasons
@@ -79,16 +79,21 @@ def _drive(pipe: LocalPipeline, state: Path) -> None:
          "--group", pipe.config.app_id, "--generate", "3000", "--rate", "250", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    n = 0
-    while replay.poll() is None and time.monotonic() < deadline:
-        n += 1
-        pipe.get(f"/recommendations/u{n % 50}?k=5")
-        status = _post_events(pipe, [_event(n)])
-        assert status == 202, status
-        time.sleep(0.25)
-    _post_events(pipe, [{"event_id": "bad"}])  # refused by the gateway: one reason
-    out, _ = replay.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        n = 0
+        while replay.poll() is None and time.monotonic() < deadline:
+            n += 1
+            pipe.get(f"/recommendations/u{n % 50}?k=5")
+            status = _post_events(pipe, [_event(n)])
+            assert status == 202, status
+            time.sleep(0.25)
+        _post_events(pipe, [{"event_id": "bad"}])  # refused by the gateway: one reason
+        out, _ = replay.communicate(timeout=60)
+    finally:
+        if replay.poll() is None:  # a failed step above must not leave the load running
+            replay.kill()
+            replay.wait(10)
     assert replay.returncode == 0, out.decode()
     with contextlib.suppress(urllib.error.HTTPError):  # a 404 is a request served too
         urllib.request.urlopen(pipe.api_url + "/items/nope/similar", timeout=5).close()
