@@ -89,7 +89,7 @@ class LiveData(BaseModel):
 
 class LivePoints(BaseModel):
     fitted_at: float | None
-    points: list[tuple[str, float, float, int]]
+    points: list[list[str | float]]  # [item id, x, y, updates]
 
 
 class Accepted(BaseModel):
