@@ -1,0 +1,55 @@
+"""Consumer-lag gauges: the worker's (from faust's consumer) and the replica's (kafka-python),
+with stand-in consumers; the real ones are read in tests/integration/test_observability.py."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+from kafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from services.ann.updater import VectorTailer
+from services.api.metrics import ServingMetrics
+from services.api.state import ServingState
+from stream.app import PartitionLag
+from stream.metrics import WorkerMetrics
+from stream.topics import Topics
+
+
+def _event(partition: int, offset: int) -> Any:
+    tp = TP(topic="interactions", partition=partition)  # what faust's messages carry
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+
+
+def test_worker_lag_is_the_high_watermark_minus_the_next_offset() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics.create(registry)
+    high = {0: 100, 1: None}  # partition 1: no fetch answered yet -> no sample
+    lag = PartitionLag(metrics.consumer_lag, lambda tp: high[tp.partition])
+    lag.processed([_event(0, 10), _event(0, 41), _event(1, 5), _event(0, 40)])
+
+    def sample(p: str) -> float | None:
+        return registry.get_sample_value(
+            "streambed_worker_consumer_lag_records", {"topic": "interactions", "partition": p}
+        )
+
+    assert sample("0") == 100 - 42 and sample("1") is None
+    high[0], high[1] = 42, 9  # caught up on 0; 1 answered
+    lag.refresh()
+    assert sample("0") == 0 and sample("1") == 9 - 6
+
+
+def test_replica_lag_per_topic_partition() -> None:
+    registry = CollectorRegistry()
+    metrics = ServingMetrics.create(registry)
+    tailer = VectorTailer("127.0.0.1:1", Topics(), ServingState(dim=2), metrics)
+    parts = [TopicPartition("item-vectors", 0), TopicPartition("user-vectors", 0)]
+    consumer = SimpleNamespace(highwater={parts[0]: 50, parts[1]: None}.get,
+                               position={parts[0]: 20, parts[1]: 0}.get)  # fmt: skip
+    tailer._lag(consumer, parts)  # type: ignore[arg-type]
+    labels = {"topic": "item-vectors", "partition": "0"}
+    assert registry.get_sample_value("streambed_api_consumer_lag_records", labels) == 30
+    labels = {"topic": "user-vectors", "partition": "0"}
+    assert registry.get_sample_value("streambed_api_consumer_lag_records", labels) is None
