@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,35 @@ def test_every_panel_has_a_query_on_the_provisioned_datasource_and_fits_the_grid
             assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24
         exprs = [expr for _, expr in queries(board)]
         assert all(e.startswith(("sum", "avg", "max", "histogram_quantile", "(")) for e in exprs)
+
+
+def test_the_dashboards_type_check_against_grafanas_published_schema() -> None:
+    """Each dashboard as a TypeScript object literal typed ``Dashboard`` from @grafana/schema
+    (the version of Grafana in docker/compose.yml): ``tsc --strict`` rejects a missing or
+    mistyped field and, literals being fresh, any field the schema does not know."""
+    web = DOCKER.parent / "web"
+    tsc = web / "node_modules" / ".bin" / "tsc"
+    if not tsc.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true and no web/node_modules: scripts/setup.sh runs npm ci")
+        pytest.skip("no web/node_modules (npm ci --prefix web)")
+    pinned = json.loads((web / "package.json").read_text())["devDependencies"]["@grafana/schema"]
+    assert f"grafana/grafana:{pinned}" in (DOCKER / "compose.yml").read_text()
+    with tempfile.TemporaryDirectory(dir=web, prefix=".dashboards-") as tmp:
+        files = []
+        for path in sorted((DOCKER / "grafana" / "dashboards").glob("*.json")):
+            source = Path(tmp) / f"{path.stem}.ts"
+            source.write_text('import type { Dashboard } from "@grafana/schema";\n'
+                              f"export const board: Dashboard = {path.read_text()};\n")  # fmt: skip
+            files.append(source.name)
+        assert len(files) == 4
+        (Path(tmp) / "tsconfig.json").write_text(json.dumps({
+            "compilerOptions": {"strict": True, "noEmit": True, "moduleResolution": "node",
+                                "module": "esnext", "target": "es2020", "skipLibCheck": True},
+            "files": files,
+        }))  # fmt: skip
+        done = subprocess.run([str(tsc), "-p", tmp], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_promql_replaces_grafanas_interval_variables() -> None:
