@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,7 @@ def test_the_live_page_shows_the_pipeline_as_it_learns(
             page.on("console", lambda m: m.type == "error" and problems.append(m.text))
             page.goto(pipeline.api_url + "/live")
             wait_for_live_page(page, polls=2, timeout_s=30)
+            user_with_vector = _user_with_vector(pipeline)
             # events flow: the rates are real numbers above zero, and so is freshness
             live = "window.streambedLive"
             page.wait_for_function(f"{live}.rates && {live}.rates.events > 0", timeout=30_000)
@@ -70,6 +72,14 @@ def test_the_live_page_shows_the_pipeline_as_it_learns(
             page.wait_for_function("window.streambedLive.recs.length > 0", timeout=30_000)
             page.wait_for_function("document.getElementById('worker-lag').textContent !== '–'",
                                    timeout=30_000)  # fmt: skip
+            # driving it: another user typed in gets their own list
+            page.fill("#user", "someone-with-no-events")
+            page.wait_for_function(f"{live}.recsUser === 'someone-with-no-events'",
+                                   timeout=10_000)  # fmt: skip
+            stranger = page.inner_text("#recs-info")
+            page.fill("#user", user_with_vector)
+            page.wait_for_function(f"{live}.recsUser === {user_with_vector!r}", timeout=10_000)
+            known = page.inner_text("#recs-info")
             text = {name: page.inner_text(f"#{name}").strip()
                     for name in ("events-rate", "vectors-rate", "fresh-p50", "fresh-p99",
                                  "worker-lag", "replica-lag", "items", "users")}  # fmt: skip
@@ -85,6 +95,7 @@ def test_the_live_page_shows_the_pipeline_as_it_learns(
     assert float(text["items"].replace(",", "")) > 0
     assert DURATION.match(text["fresh-p50"]) and DURATION.match(text["fresh-p99"]), text
     assert user and 1 <= len(recs) <= 10
+    assert stranger.startswith("popular") and known.startswith("personal"), (stranger, known)
     assert all(re.match(r"^\S+\s+-?\d+\.\d{3}$", r) for r in recs), recs
     assert state["polls"] >= 2 and state["errors"] == 0 and state["moved"] > 0
     assert not problems, problems
@@ -92,6 +103,17 @@ def test_the_live_page_shows_the_pipeline_as_it_learns(
     assert not foreign, f"the page loaded from elsewhere: {foreign}"
     assert any(u.endswith("/live/static/uPlot.iife.min.js") for u in requests)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def _user_with_vector(pipeline: LocalPipeline, timeout: float = 30.0) -> str:
+    """A user the replica already holds a vector for (recommended "personal")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for user in pipeline.get("/live/data")["recent_users"]:
+            if pipeline.get(f"/recommendations/{user}?k=1")["strategy"] == "personal":
+                return str(user)
+        time.sleep(0.5)
+    raise AssertionError("no user got a vector")
 
 
 def test_the_screenshot_command_writes_a_png(pipeline: LocalPipeline, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@
 
 const HISTORY = 300; // points kept per chart (5 minutes at one poll a second)
 const live = { polls: 0, errors: 0, data: null, rates: null, points: 0, moved: 0, recs: [],
-               recUpdates: 0 };
+               recsUser: null, recsStrategy: null, recUpdates: 0 };
 window.streambedLive = live; // what the browser tests read
 
 const $ = (id) => document.getElementById(id);
@@ -135,6 +135,8 @@ async function pollRecs() {
   const changed = JSON.stringify(r.items.map((i) => i.item_id)) !== JSON.stringify(live.recs.map((i) => i.item_id));
   if (changed) live.recUpdates += 1;
   live.recs = r.items;
+  live.recsUser = user;
+  live.recsStrategy = r.strategy;
   $("recs-info").textContent = `${r.strategy} · the list changed ${live.recUpdates} times`;
   const ol = $("recs");
   ol.replaceChildren(...r.items.map((i) => {
