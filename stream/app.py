@@ -149,7 +149,10 @@ class PartitionLag:
 
 @dataclass
 class Live:
-    """What the idle timer needs from the agent: its stream and when it last got records."""
+    """What the idle timer needs from the agent: its stream, and when it was last busy with
+    records (the end of its work on them, not their delivery: a worker slower than the
+    grace period would otherwise always look idle, and the timer would cut its backlog
+    into small batches)."""
 
     delivered: float
     stream: faust.StreamT | None = None
@@ -219,6 +222,7 @@ def build_app(
                 lag.processed(events)
                 if settler.due():
                     await settler.settle(stream, app)
+                live.delivered = time.monotonic()  # idle is counted from here
 
     if initial is not None:
 

@@ -84,8 +84,9 @@ class WorkerCore:
         batcher: Batcher | None = None,
     ) -> None:
         self.trainer = trainer
-        self.dedup = dedup or RecentIds()
-        self.batcher = batcher or Batcher(size=256, window_ms=50)
+        self.dedup = dedup if dedup is not None else RecentIds()
+        # not `x or default`: a Batcher and RecentIds have __len__, so empty ones are falsy
+        self.batcher = batcher if batcher is not None else Batcher(size=256, window_ms=50)
         self._next: dict[int, int] = {}  # partition -> offset after the last record taken
 
     def resume(self, offsets: dict[int, int]) -> None:

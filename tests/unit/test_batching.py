@@ -46,3 +46,14 @@ def test_idle_flush_waits_for_window_plus_grace() -> None:
 def test_batcher_validates(size: int, window: int) -> None:
     with pytest.raises(ValueError):
         Batcher(size, window)
+
+
+def test_the_worker_core_keeps_the_batcher_it_is_given() -> None:
+    """An empty Batcher is falsy (it has __len__): `batcher or default` threw away the
+    worker's --batch-size/--batch-ms and always cut 256 records / 50 ms."""
+    from stream.core import WorkerCore
+    from stream.training import OnlineTrainer, TrainConfig
+
+    mine = Batcher(size=7, window_ms=250)
+    core = WorkerCore(OnlineTrainer.create(TrainConfig(dim=4)), batcher=mine)
+    assert core.batcher is mine
