@@ -32,11 +32,14 @@ class PromQLError(RuntimeError):
     """Prometheus refused a query (a syntax error, an unknown function, ...)."""
 
 
-def scrape_config(targets: Mapping[str, Sequence[str]], interval: float) -> str:
+def scrape_config(
+    targets: Mapping[str, Sequence[str]], interval: float, rule_files: Sequence[Path] = ()
+) -> str:
     """A ``prometheus.yml`` scraping ``/metrics`` of each job's ``host:port`` targets."""
     every = f"{max(1, round(interval))}s"
     return json.dumps({
         "global": {"scrape_interval": every, "evaluation_interval": every},
+        "rule_files": [str(path.resolve()) for path in rule_files],
         "scrape_configs": [
             {"job_name": job, "static_configs": [{"targets": list(hosts)}]}
             for job, hosts in targets.items()
@@ -53,8 +56,10 @@ class LocalPrometheus:
         interval: float = 1.0,
         port: int = 0,
         binary: str = "prometheus",
+        rule_files: Sequence[Path] = (),
     ) -> None:
         self.data_dir = data_dir
+        self.rule_files = rule_files
         self.targets = targets
         self.interval = interval
         self.port = port or free_port()
@@ -81,7 +86,7 @@ class LocalPrometheus:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "prometheus.yml"
-        config.write_text(scrape_config(self.targets, self.interval))
+        config.write_text(scrape_config(self.targets, self.interval, self.rule_files))
         log = open(self.data_dir / "prometheus.log", "ab")  # noqa: SIM115 - the child's
         self._proc = subprocess.Popen(
             [self.binary, f"--config.file={config}",
@@ -130,6 +135,10 @@ class LocalPrometheus:
         if data["resultType"] not in ("vector", "matrix"):
             return [{"metric": {}, "value": data["result"]}]  # a scalar
         return list(data["result"])
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every alerting/recording rule with its ``health``, ``lastError`` and ``state``."""
+        return [rule for group in self.api("rules")["groups"] for rule in group["rules"]]
 
     def targets_up(self) -> dict[str, str]:
         """``job/instance`` -> health of every active scrape target."""

@@ -70,13 +70,25 @@ def test_promql_replaces_grafanas_interval_variables() -> None:
     assert promql("rate(x[$__rate_interval])", "1m") == "rate(x[1m])"
 
 
-def test_prometheus_config_is_valid() -> None:
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("promtool") is None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("CI=true and no promtool: scripts/setup.sh installs prometheus")
         pytest.skip("no promtool (apt-get install prometheus)")
-    done = subprocess.run(["promtool", "check", "config", str(DOCKER / "prometheus.yml")],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60,
+                          cwd=DOCKER.parent)  # fmt: skip
+
+
+def test_every_alert_fires_on_bad_series_and_stays_quiet_on_good_ones() -> None:
+    """``promtool test rules``: made-up series through docker/alerts.yml."""
+    checked = _promtool("check", "rules", "docker/alerts.yml")
+    assert checked.returncode == 0 and "6 rules found" in checked.stdout, checked.stderr
+    tested = _promtool("test", "rules", "tests/alerts_test.yml")
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+
+
+def test_prometheus_config_is_valid() -> None:
+    done = _promtool("check", "config", "docker/prometheus.yml")  # loads alerts.yml too
     assert done.returncode == 0, done.stdout + done.stderr
     jobs = {"worker", "ps", "api"}
     assert all(f"job_name: {job}" in (DOCKER / "prometheus.yml").read_text() for job in jobs)

@@ -84,7 +84,7 @@ def test_workers_and_replicas_can_be_scaled(stack: dict[str, Any]) -> None:
 def test_mounted_files_exist(stack: dict[str, Any]) -> None:
     mounts = [v for s in stack["services"].values() for v in s.get("volumes", [])]
     binds = [str(v).split(":")[0] for v in mounts if str(v).startswith("/")]
-    assert len(binds) == 3 and all(Path(b).exists() for b in binds), binds
+    assert len(binds) == 4 and all(Path(b).exists() for b in binds), binds
 
 
 def test_a_missing_secret_is_a_clear_error() -> None:
