@@ -76,7 +76,7 @@ def serve(args: argparse.Namespace) -> None:
     threading.Thread(target=updates, daemon=True).start()
     registry = CollectorRegistry()
     metrics = ServingMetrics.create(registry).initialise(EVENT_TYPES)
-    live = LiveView(state, registry, points_seconds=0.0)  # every request computes (uncached)
+    live = LiveView(state, metrics, points_seconds=0.0)  # every request computes (uncached)
     app = create_app(state, registry, metrics, live=live)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 

@@ -58,7 +58,7 @@ def browser_page(width: int = 1400, height: int = 1000) -> Iterator[Page]:
 
 
 def wait_for_live_page(page: Page, polls: int, timeout_s: float) -> None:
-    """Until the live page has polled its data ``polls`` times and drawn its projection."""
+    """Until the live page has polled its data ``polls`` times."""
     page.wait_for_function(
         f"window.streambedLive && window.streambedLive.polls >= {polls}",
         timeout=timeout_s * 1000,

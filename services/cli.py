@@ -314,7 +314,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     topics = _topics(args)
     watcher = GroupLagWatcher(args.bootstrap, args.worker_group, topics.interactions)
-    live = LiveView(state, registry, watcher)
+    live = LiveView(state, metrics, watcher)
     tailer.start()
     app = create_app(state, registry, metrics, caught_up=tailer.caught_up.is_set,
                      sink=sink, token=args.api_token or None, on_shutdown=shutdown,

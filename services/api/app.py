@@ -126,7 +126,7 @@ def create_app(
     uvicorn re-raises SIGTERM after its shutdown, so code after ``uvicorn.run`` never runs.
     ``live``: what the ``/live`` page shows (default: this replica's own view, no worker lag).
     """
-    view = live or LiveView(state, registry)
+    view = live or LiveView(state, metrics)
     if sink is not None and not token:
         raise ValueError("the event gateway changes state: it needs a token")
 

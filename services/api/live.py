@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
+from services.api.metrics import ServingMetrics
 from services.api.state import ServingState
 from stream.schemas import EVENT_TYPES
 
@@ -83,7 +84,7 @@ class LiveView:
     def __init__(
         self,
         state: ServingState,
-        registry: CollectorRegistry,
+        metrics: ServingMetrics,
         group_lag: Callable[[], dict[int, int] | None] | None = None,
         *,
         window_seconds: float = 30.0,
@@ -91,35 +92,32 @@ class LiveView:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = state
-        self.registry = registry
+        self.metrics = metrics
         self.group_lag = group_lag
         self.window_seconds = window_seconds
         self.clock = clock
         self.projection = Projection()
         # a projection costs ~10 ms at 100k items (bench/http): however many pages watch,
-        # it is computed at most once per points_seconds for each n
+        # it is computed at most once per points_seconds (for the last n asked)
         self.points_seconds = points_seconds
-        self._points: dict[int, tuple[float, dict[str, Any]]] = {}
+        self._points: tuple[int, float, dict[str, Any]] | None = None  # (n, at, answer)
         self._lock = threading.Lock()
-
-    def _sample(self, name: str, labels: dict[str, str]) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
 
     def data(self) -> dict[str, Any]:
         now = self.clock()
-        lag: dict[str, int] = {}
-        for metric in self.registry.collect():
-            if metric.name == "streambed_api_consumer_lag_records":
-                for s in metric.samples:
-                    lag[f"{s.labels['topic']}/{s.labels['partition']}"] = int(s.value)
+        m = self.metrics  # read from the metrics themselves, not a whole-registry collect
+        seen_by_type = _values(m.interactions_seen, "type")
+        applied = _values(m.vectors_applied, "kind")
+        lag = {
+            f"{topic}/{part}": int(v)
+            for (topic, part), v in _values(m.consumer_lag, "topic", "partition").items()
+        }
         live, deleted = self.state.index.graph_nodes
         seen = self.state.seen
         return {
             "ts": now,
-            "events_seen": {t: self._sample("streambed_api_interactions_seen_total", {"type": t})
-                            for t in EVENT_TYPES},
-            "vectors_applied": {k: self._sample("streambed_api_vectors_applied_total",
-                                                {"kind": k}) for k in ("item", "user")},
+            "events_seen": {t: seen_by_type.get((t,), 0.0) for t in EVENT_TYPES},
+            "vectors_applied": {k: applied.get((k,), 0.0) for k in ("item", "user")},
             "freshness_seconds": {
                 "window_seconds": self.window_seconds,
                 **self.state.freshness_percentiles(now - self.window_seconds),
@@ -136,9 +134,10 @@ class LiveView:
         """The ``n`` items with the most updates, projected to 2-D on the current axes."""
         with self._lock:
             now = self.clock()
-            cached = self._points.get(n)
-            if cached is not None and now - cached[0] < self.points_seconds:
-                return cached[1]
+            if self._points is not None:
+                last_n, at, answer = self._points
+                if last_n == n and now - at < self.points_seconds:
+                    return answer
             popular = self.state.popular(n)
             ids, vectors = self.state.index.vectors([item for item, _ in popular])
             updates = dict(popular)
@@ -149,8 +148,15 @@ class LiveView:
                 "points": [[i, round(float(x), 5), round(float(y), 5), int(updates[i])]
                            for i, (x, y) in zip(ids, xy.tolist(), strict=True)],
             }  # fmt: skip
-            self._points = {n: (now, body)}
+            self._points = (n, now, body)
             return body
+
+
+def _values(metric: MetricWrapperBase, *labels: str) -> dict[tuple[str, ...], float]:
+    """A labelled metric's current values by label values (counters: their ``_total``)."""
+    return {tuple(s.labels[k] for k in labels): s.value
+            for family in metric.collect() for s in family.samples
+            if not s.name.endswith("_created")}  # fmt: skip
 
 
 class GroupLagWatcher:

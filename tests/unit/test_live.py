@@ -37,7 +37,7 @@ def test_data_reports_counters_freshness_lag_and_recent_users() -> None:
     metrics.interactions_seen.labels(type="click").inc(7)
     metrics.vectors_applied.labels(kind="item").inc(40)
     metrics.consumer_lag.labels(topic="item-vectors", partition="0").set(12)
-    view = LiveView(state, registry, lambda: {0: 3, 1: 4}, clock=lambda: 2.0)
+    view = LiveView(state, metrics, lambda: {0: 3, 1: 4}, clock=lambda: 2.0)
     body = view.data()
     assert body["events_seen"]["click"] == 7 and set(body["events_seen"]) == set(EVENT_TYPES)
     assert body["vectors_applied"] == {"item": 40.0, "user": 0.0}
@@ -51,7 +51,7 @@ def test_data_reports_counters_freshness_lag_and_recent_users() -> None:
 def test_points_keep_their_axes_so_a_learning_item_moves_alone() -> None:
     state = _state()
     clock = iter([0.0, 5.0, 10.0])
-    view = LiveView(state, CollectorRegistry(), clock=lambda: next(clock))
+    view = LiveView(state, ServingMetrics.create(CollectorRegistry()), clock=lambda: next(clock))
     before = {p[0]: p[1:3] for p in view.points(10)["points"]}
     assert len(before) == 10 and view.points(10)["fitted_at"] == 0.0  # most updated first
     state.apply_items([VectorRecord("i3", np.array([5, 5, 5, 5], np.float32), 99, 0)], 2000)
