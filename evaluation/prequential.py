@@ -66,6 +66,9 @@ class EvalConfig:
     k: int = 10
     batch_size: int = 256
     depth: int = 500
+    # drop items the user has interacted with before from every model's list (a rating
+    # site: nobody rates a movie twice); off where people come back to items
+    exclude_seen: bool = False
 
 
 @dataclass
@@ -139,16 +142,21 @@ def prequential(
     config: EvalConfig,
     prior_counts: dict[str, int] | None = None,
     progress: Callable[[int], None] | None = None,
+    prior_seen: Sequence[Interaction] = (),
 ) -> EvalResult:
     """Run every model over ``stream``; ``encode`` embeds item texts (cached per item).
 
-    ``prior_counts``: positive events per item before the stream (the history).
+    ``prior_counts``: positive events per item before the stream (the history);
+    ``prior_seen``: the history's interactions, for ``config.exclude_seen``.
     ``progress(n)`` is called with the number of interactions consumed so far.
     """
     result = EvalResult(k=config.k, models=[m.name for m in models], depth=config.depth)
     depth = max(config.depth, config.k)
     counts: dict[str, int] = defaultdict(int, prior_counts or {})
     sessions: dict[str, list[str]] = defaultdict(list)
+    seen: dict[str, set[str]] = defaultdict(set)
+    for e in prior_seen:
+        seen[e.user_id].add(e.item_id)
     candidates: list[str] = []
     known: set[str] = set()
     batch: list[Interaction] = []
@@ -171,9 +179,15 @@ def prequential(
         targets = [e for e in batch if e.type in TARGET_TYPES and e.item_id in known]
         users = list(dict.fromkeys(e.user_id for e in targets))
         user_sessions = {e.user_id: list(sessions.get(e.session_id or "", ())) for e in targets}
+        extra = max((len(seen[u]) for u in users), default=0) if config.exclude_seen else 0
         for m in models:
-            recs = dict(zip(users, m.recommend(users, user_sessions, depth, candidates),
-                            strict=True))  # fmt: skip
+            lists = m.recommend(users, user_sessions, depth + extra, candidates)
+            if extra:
+                lists = [
+                    [i for i in top if i not in seen[u]]
+                    for u, top in zip(users, lists, strict=True)
+                ]
+            recs = dict(zip(users, lists, strict=True))
             for e in targets:
                 top = recs[e.user_id][:depth]
                 result.rank[m.name].append(top.index(e.item_id) if e.item_id in top else -1)
@@ -184,6 +198,7 @@ def prequential(
         for m in models:
             m.learn(batch)
         for e in batch:
+            seen[e.user_id].add(e.item_id)
             if training_weight(e) > 0:
                 counts[e.item_id] += 1
                 if e.session_id is not None:

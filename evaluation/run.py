@@ -28,7 +28,12 @@ from stream.training import TrainConfig
 @dataclass(frozen=True)
 class RunConfig:
     out: Path = Path("reports/eval")
-    events_file: Path | None = None  # None: the generator
+    events_file: Path | None = None  # None: ``dataset``
+    dataset: str = "generator"  # or "movielens" (ml-latest-small, from ``data_dir``)
+    data_dir: Path | None = None  # None: evaluation.movielens.DEFAULT_DIR
+    # drop what a user has interacted with from the lists; None: on for movielens (a movie
+    # is rated once), off for the generator (its users come back to items)
+    exclude_seen: bool | None = None
     events: int = 60_000
     users: int = 500
     items: int = 2_000
@@ -57,6 +62,10 @@ class RunConfig:
         }  # fmt: skip
         return TrainConfig(**{**base, **overrides})
 
+    def eval_config(self) -> EvalConfig:
+        exclude = self.dataset == "movielens" if self.exclude_seen is None else self.exclude_seen
+        return EvalConfig(k=self.k, batch_size=self.batch_size, exclude_seen=exclude)
+
     def boot(self) -> BootstrapConfig:
         return BootstrapConfig(dim=self.dim, epochs=self.epochs, seed=self.seed,
                                similarity=self.similarity, norm_power=self.norm_power)  # fmt: skip
@@ -80,6 +89,12 @@ class CachedEncoder:
 def load_stream(cfg: RunConfig) -> list[Record]:
     if cfg.events_file is not None:
         return read_jsonl(cfg.events_file)
+    if cfg.dataset == "movielens":
+        from evaluation import movielens
+
+        return movielens.convert(cfg.data_dir or movielens.DEFAULT_DIR)
+    if cfg.dataset != "generator":
+        raise ValueError(f"unknown dataset {cfg.dataset!r}: generator or movielens")
     return generated_stream(users=cfg.users, items=cfg.items, clusters=cfg.clusters,
                             events=cfg.events, seed=cfg.seed,
                             tag_affinity=cfg.tag_affinity)  # fmt: skip
@@ -147,8 +162,9 @@ def run(cfg: RunConfig, encode: Callable[[list[str]], np.ndarray] | None = None)
     seed_items = [r for r in history if isinstance(r, ItemArrival)]
     with tqdm(total=n_rest, desc="prequential", unit="ev") as bar:
         result = prequential(
-            seed_items + rest, models, cached, EvalConfig(k=cfg.k, batch_size=cfg.batch_size),
+            seed_items + rest, models, cached, cfg.eval_config(),
             prior_counts=prior, progress=lambda n: bar.update(n - bar.n),
+            prior_seen=[r for r in history if isinstance(r, Interaction)],
         )  # fmt: skip
     meta: dict[str, Any] = {k: str(v) for k, v in asdict(cfg).items()}
     meta.update(history_events=n_hist, evaluated_events=n_rest,

