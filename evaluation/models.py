@@ -6,6 +6,9 @@
 * :class:`Popularity` — the most popular items over a recent window of positives.
 * :class:`ALS` — ``implicit``'s alternating least squares, retrained from scratch on
   everything seen so far every ``retrain_every`` interactions (a batch peer).
+* :class:`GeneratorOracle` — not a learner: ranks by the generator's own item choice
+  probabilities (its true popularity, themes and tags; the users' initial tastes), so a
+  table shows roughly the best any model could do on the generated stream.
 
 Examples
 --------
@@ -28,6 +31,7 @@ from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 from evaluation.prequential import top_k
+from services.datagen import InteractionGenerator
 from stream.bootstrap import Bootstrapped, load_into
 from stream.schemas import Interaction, training_weight
 from stream.training import OnlineTrainer, TrainConfig
@@ -108,6 +112,29 @@ class Streambed:
         personal = top_k(scores, ids, k)
         popular = self.fallback.ranked(k, candidates)
         return [p if h else popular for p, h in zip(personal, hit.tolist(), strict=True)]
+
+
+class GeneratorOracle:
+    """Ranks the candidates by :meth:`InteractionGenerator.preference` (learns nothing)."""
+
+    def __init__(self, generator: InteractionGenerator, name: str = "oracle") -> None:
+        self.name = name
+        self.gen = generator
+
+    def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:
+        pass
+
+    def learn(self, batch: list[Interaction]) -> None:
+        pass
+
+    def recommend(
+        self, users: list[str], sessions: dict[str, list[str]], k: int, candidates: list[str]
+    ) -> list[list[str]]:
+        index = np.array([int(i[1:]) for i in candidates])
+        available = np.zeros(self.gen.config.items, dtype=bool)
+        available[index] = True
+        scores = np.stack([self.gen.preference(int(u[1:]), available)[index] for u in users])
+        return top_k(scores, candidates, k) if users else []
 
 
 class ALS:

@@ -40,6 +40,7 @@ from stream.schemas import Interaction, training_weight
 TARGET_TYPES = frozenset({"click", "like", "purchase"})
 COLD_BUCKETS: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 4), (5, 9), (10, 19), (20, 49),
                                              (50, 10**9))  # fmt: skip
+MID_DEPTH = 50  # a second, deeper cut-off for the cold-start tables
 
 
 class Model(Protocol):
@@ -101,23 +102,31 @@ class EvalResult:
             }
         return out
 
-    def cold_start(self) -> dict[str, list[dict[str, Any]]]:
-        """recall@k per model by the target item's number of earlier positive events."""
+    def cold_start(self, cold_total: bool = False) -> dict[str, list[dict[str, Any]]]:
+        """recall@k per model by the target item's number of earlier positive events, with
+        recall@50, recall@depth and the median rank to show how near the misses were.
+        ``cold_total``: one more row, every item with fewer than 5 (the cold-start bar)."""
         counts = np.array(self.item_count)
+        buckets = [*COLD_BUCKETS, (0, 4)] if cold_total else list(COLD_BUCKETS)
         out: dict[str, list[dict[str, Any]]] = {}
         for name in self.models:
             hit, _ = self._arrays(name)
             rank = np.array(self.rank[name])
             deep = rank >= 0
             capped = np.where(deep, rank, self.depth)  # a miss ranks "beyond depth"
+            mid = deep & (rank < MID_DEPTH)
             rows = []
-            for lo, hi in COLD_BUCKETS:
+            for n, (lo, hi) in enumerate(buckets):
                 sel = (counts >= lo) & (counts <= hi)
                 label = str(lo) if lo == hi else (f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}")
+                if n == len(COLD_BUCKETS):
+                    label = "<5 (all cold)"
                 any_ = bool(sel.any())
                 rows.append({
                     "bucket": label, "targets": int(sel.sum()),
                     "recall": float(hit[sel].mean()) if any_ else math.nan,
+                    "hits": int(hit[sel].sum()),
+                    "recall_50": float(mid[sel].mean()) if any_ else math.nan,
                     "recall_deep": float(deep[sel].mean()) if any_ else math.nan,
                     "median_rank": float(np.median(capped[sel])) if any_ else math.nan,
                 })  # fmt: skip

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from evaluation.prequential import EvalResult
+from evaluation.prequential import MID_DEPTH, EvalResult
 
 
 def table(result: EvalResult, meta: dict[str, Any]) -> str:
@@ -18,22 +18,23 @@ def table(result: EvalResult, meta: dict[str, Any]) -> str:
     ]
     for name, row in result.summary().items():
         lines.append(f"| {name} | {row['recall']:.4f} | {row['ndcg']:.4f} | {row['targets']} |")
-    cold = result.cold_start()
+    cold = result.cold_start(cold_total=True)
     names = list(cold)
-    lines += ["", f"recall@{k} by the target item's earlier positive events (cold start):", ""]
+    lines += ["", f"recall@{k} (hits) by the target item's earlier positive events (cold start):",
+              ""]  # fmt: skip
     lines.append("| interactions before | targets | " + " | ".join(names) + " |")
     lines.append("|---|---|" + "---|" * len(names))
     for b, bucket in enumerate(cold[names[0]]):
-        cells = [_fmt(cold[n][b]["recall"]) for n in names]
+        cells = [f"{_fmt(cold[n][b]['recall'])} ({cold[n][b]['hits']})" for n in names]
         lines.append(f"| {bucket['bucket']} | {bucket['targets']} | " + " | ".join(cells) + " |")
     depth = result.depth
-    lines += ["", f"How near the misses were: recall@{depth} / median rank (misses count as "
-              f"{depth}) by the same buckets:", ""]  # fmt: skip
+    lines += ["", f"How near the misses were: recall@{MID_DEPTH} / recall@{depth} / median rank "
+              f"(misses count as {depth}) by the same buckets:", ""]  # fmt: skip
     lines.append("| interactions before | " + " | ".join(names) + " |")
     lines.append("|---|" + "---|" * len(names))
     for b, bucket in enumerate(cold[names[0]]):
-        cells = [f"{_fmt(cold[n][b]['recall_deep'])} / {_fmt(cold[n][b]['median_rank'], 0)}"
-                 for n in names]  # fmt: skip
+        cells = [f"{_fmt(cold[n][b]['recall_50'])} / {_fmt(cold[n][b]['recall_deep'])} / "
+                 f"{_fmt(cold[n][b]['median_rank'], 0)}" for n in names]  # fmt: skip
         lines.append(f"| {bucket['bucket']} | " + " | ".join(cells) + " |")
     header = ", ".join(f"{key}={value}" for key, value in meta.items())
     return f"{header}\n\n" + "\n".join(lines) + "\n"
@@ -54,7 +55,7 @@ def write(result: EvalResult, meta: dict[str, Any], out: Path, window: int = 2_0
     paths = [out / "results.json", out / "table.md", out / "recall_over_time.png",
              out / "cold_start.png"]  # fmt: skip
     body = {"meta": meta, "k": result.k, "summary": result.summary(),
-            "cold_start": result.cold_start()}  # fmt: skip
+            "cold_start": result.cold_start(cold_total=True)}  # fmt: skip
     paths[0].write_text(json.dumps(body, indent=2, default=str) + "\n")
     paths[1].write_text(table(result, meta))
 

@@ -18,11 +18,17 @@ from tqdm import tqdm
 
 from evaluation import report
 from evaluation.data import ItemArrival, Record, generated_stream, read_jsonl, split
-from evaluation.models import ALS, Popularity, Streambed
+from evaluation.models import ALS, GeneratorOracle, Popularity, Streambed
 from evaluation.prequential import EvalConfig, Model, prequential
+from services.datagen import GeneratorConfig, InteractionGenerator
 from stream.bootstrap import BootstrapConfig, Bootstrapped, bootstrap
 from stream.schemas import Interaction
 from stream.training import TrainConfig
+
+# the online learning rate per dataset: the best of 0.2/0.1/0.05/0.02 for the online learner
+# in `streambed evaluate --validation` (history only; README, "Learning"); the generator's
+# is the worker's default
+DATASET_LR = {"generator": TrainConfig.lr, "movielens": 0.05}
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,10 @@ class RunConfig:
     # drop what a user has interacted with from the lists; None: on for movielens (a movie
     # is rated once), off for the generator (its users come back to items)
     exclude_seen: bool | None = None
+    # evaluate on the history alone (bootstrap on its first history_share, replay the rest):
+    # settings are chosen here, never on the evaluated part of the stream
+    validation: bool = False
+    lr: float | None = None  # the online learner's; None: DATASET_LR (chosen on validation)
     events: int = 60_000
     users: int = 500
     items: int = 2_000
@@ -58,9 +68,14 @@ class RunConfig:
         """The online learner's config (overrides: e.g. ``blend_k=0``)."""
         base: dict[str, Any] = {
             "dim": self.dim, "blend_k": self.blend_k, "seed": self.seed,
+            "lr": DATASET_LR.get(self.dataset, TrainConfig.lr) if self.lr is None else self.lr,
             "similarity": self.similarity, "norm_power": self.norm_power,
         }  # fmt: skip
         return TrainConfig(**{**base, **overrides})
+
+    def generator(self) -> GeneratorConfig:
+        return GeneratorConfig(users=self.users, items=self.items, clusters=self.clusters,
+                               seed=self.seed, tag_affinity=self.tag_affinity)  # fmt: skip
 
     def eval_config(self) -> EvalConfig:
         exclude = self.dataset == "movielens" if self.exclude_seen is None else self.exclude_seen
@@ -95,9 +110,9 @@ def load_stream(cfg: RunConfig) -> list[Record]:
         return movielens.convert(cfg.data_dir or movielens.DEFAULT_DIR)
     if cfg.dataset != "generator":
         raise ValueError(f"unknown dataset {cfg.dataset!r}: generator or movielens")
-    return generated_stream(users=cfg.users, items=cfg.items, clusters=cfg.clusters,
-                            events=cfg.events, seed=cfg.seed,
-                            tag_affinity=cfg.tag_affinity)  # fmt: skip
+    g = cfg.generator()
+    return generated_stream(users=g.users, items=g.items, clusters=g.clusters, events=cfg.events,
+                            seed=g.seed, tag_affinity=g.tag_affinity)  # fmt: skip
 
 
 def run_bootstrap(
@@ -134,6 +149,8 @@ def build_models(boot: Bootstrapped, history: list[Record], cfg: RunConfig) -> l
             name=f"ALS (implicit, {cfg.als_factors} factors, every {cfg.als_every})",
         ),  # fmt: skip
     ]
+    if cfg.events_file is None and cfg.dataset == "generator":
+        models.append(GeneratorOracle(InteractionGenerator(cfg.generator())))
     if cfg.session_weight > 0:
         skip_gram = cfg.train(session_weight=cfg.session_weight)
         models.insert(1, Streambed("online + session skip-gram", boot, skip_gram))
@@ -149,6 +166,9 @@ def run(cfg: RunConfig, encode: Callable[[list[str]], np.ndarray] | None = None)
         encode = MiniLM().encode
     cached = CachedEncoder(encode)
     stream = load_stream(cfg)
+    if cfg.validation:
+        stream, _ = split(stream, cfg.history_share)
+        print("validation: the evaluated part is the history's tail; the rest is not read")
     history, rest = split(stream, cfg.history_share)
     n_hist = sum(isinstance(r, Interaction) for r in history)
     n_rest = sum(isinstance(r, Interaction) for r in rest)

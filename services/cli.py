@@ -517,7 +517,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run(_run_config(
         args, out=Path(args.out), k=args.k, batch_size=args.batch_size, blend_k=args.blend_k,
         session_weight=args.session_weight, als_every=args.als_every,
-        als_factors=args.als_factors,
+        als_factors=args.als_factors, validation=args.validation, lr=args.lr,
     ))  # fmt: skip
     return 0
 
@@ -573,7 +573,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     def table_args(p: argparse.ArgumentParser) -> None:
         """What the embedding tables are: the worker's and every PS shard's must agree."""
         p.add_argument("--dim", type=int, default=32)
-        p.add_argument("--lr", type=float, default=0.2)
+        p.add_argument("--lr", type=float, default=0.1, help="the rows' optimizer step size")
         p.add_argument("--optimizer", default="rowwise_adagrad",
                        choices=["sgd", "adagrad", "rowwise_adagrad", "ftrl"])  # fmt: skip
         p.add_argument("--min-count", type=int, default=1,
@@ -765,6 +765,14 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
                    help="also evaluate the session skip-gram objective at this weight")  # fmt: skip
     e.add_argument("--als-every", type=int, default=5000, help="ALS retrains every N events")
     e.add_argument("--als-factors", type=int, default=8)
+    e.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="the online learner's (default: the dataset's, chosen by --validation)",
+    )
+    e.add_argument("--validation", action="store_true",
+                   help="evaluate on the history only (for choosing settings)")  # fmt: skip
     e.set_defaults(func=cmd_evaluate)
 
     sc = sub.add_parser("screenshot", help="a PNG of a replica's live page (headless Chromium)")

@@ -127,6 +127,26 @@ class InteractionGenerator:
         title, tags = self._titles[index]
         return ItemInfo(self.item_id(index), title, tags, int(self.item_cluster[index]), ts)
 
+    def preference(self, user: int, available: np.ndarray) -> np.ndarray:
+        """The chance that ``user``'s next event is on each item, from the user's *initial*
+        tastes (drift is not known to it), over the ``available`` items (a bool mask).
+
+        What :meth:`replay` draws from, less the drift: used as an oracle contender, to
+        show how well any model could do on this stream (a Bayes ceiling, roughly).
+        """
+        cfg = self.config
+        weights = np.where(available, self.item_pop, 0.0)
+        p = cfg.explore * weights / max(weights.sum(), 1e-300)
+        for theme, share in ((self.user_primary[user], 0.8), (self.user_secondary[user], 0.2)):
+            w = np.where(self.item_cluster == theme, weights, 0.0)
+            if cfg.tag_affinity > 0:
+                fav = self.user_tag[user][int(theme)]
+                has = np.fromiter((fav in tags for _, tags in self._titles), bool, len(w))
+                w = w * (1.0 + cfg.tag_affinity * has)
+            if w.sum() > 0:
+                p += (1.0 - cfg.explore) * share * w / w.sum()
+        return p
+
     def catalogue(self) -> list[ItemInfo]:
         """Items available from the start (the rest arrive during :meth:`replay`)."""
         ts = self.config.start_ts

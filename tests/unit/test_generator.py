@@ -84,3 +84,24 @@ def test_config_validation() -> None:
         GeneratorConfig(clusters=50)
     with pytest.raises(ValueError):
         GeneratorConfig(items=2, clusters=3)
+
+
+@pytest.mark.parametrize("affinity", [0.0, 4.0])
+def test_preference_is_the_distribution_replay_draws_from(affinity: float) -> None:
+    gen = InteractionGenerator(GeneratorConfig(users=30, items=200, clusters=4, seed=3,
+                                               tag_affinity=affinity, drift=0.0))  # fmt: skip
+    available = ~gen.is_new
+    p = gen.preference(0, available)
+    assert p.sum() == pytest.approx(1.0)
+    assert (p[~available] == 0).all()
+    # without drift, the user's first 20,000 events follow it (new items aside)
+    events = [r for r in gen.replay(20_000) if isinstance(r, Interaction) and r.user_id == "u0"]
+    seen = Counter(int(e.item_id[1:]) for e in events if available[int(e.item_id[1:])])
+    top = np.argsort(-p)[:5]
+    expected = p[top] / p[available].sum()
+    observed = np.array([seen[int(i)] for i in top]) / sum(seen.values())
+    assert len(events) > 200
+    assert np.abs(observed - expected).max() < 0.05
+    if affinity:
+        fav = gen.user_tag[0][int(gen.user_primary[0])]
+        assert fav in gen.info(int(top[0]), 0.0).tags or fav in gen.info(int(top[1]), 0.0).tags
