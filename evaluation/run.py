@@ -187,7 +187,7 @@ def run(cfg: RunConfig, encode: Callable[[list[str]], np.ndarray] | None = None)
             prior_seen=[r for r in history if isinstance(r, Interaction)],
         )  # fmt: skip
     meta: dict[str, Any] = {k: str(v) for k, v in asdict(cfg).items()}
-    meta.update(history_events=n_hist, evaluated_events=n_rest,
+    meta.update(online_lr=cfg.train().lr, history_events=n_hist, evaluated_events=n_rest,
                 seconds=round(time.monotonic() - started, 1))  # fmt: skip
     paths = report.write(result, meta, cfg.out)
     print(report.table(result, meta))

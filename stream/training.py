@@ -67,8 +67,8 @@ class TrainConfig:
     temperature: float = 0.1
     negatives: int = 32
     logq: bool = True
-    # 0.1: best of 0.2/0.1/0.05/0.02 on the generator's validation replay (README, Learning);
-    # (recall@10 0.4511 against 0.4345 at 0.2, the old default)
+    # 0.1: best of 0.2/0.1/0.05/0.02 on the generator's validation replay (README, Learning):
+    # recall@10 0.4511 against 0.4345 at 0.2, the old default
     lr: float = 0.1
     optimizer: str = "rowwise_adagrad"
     init_scale: float = 0.1
