@@ -84,6 +84,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         dim=args.dim, lr=args.lr, negatives=args.negatives, optimizer=args.optimizer,
         min_count=args.min_count, ttl_seconds=args.ttl_seconds, similarity=args.similarity,
         norm_power=args.norm_power, blend_k=args.blend_k, session_weight=args.session_weight,
+        fold_in=args.fold_in, fold_in_below=args.fold_in_below,
     )  # fmt: skip
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topics=_topics(args),
@@ -628,6 +629,14 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     similarity_args(w)
     w.add_argument("--blend-k", type=float, default=5.0,
                    help="content weighs as behaviour after k interactions (0: off)")  # fmt: skip
+    w.add_argument(
+        "--fold-in",
+        type=int,
+        default=0,
+        help="extra steps per batch on the rows of users with few updates (0: off)",
+    )
+    w.add_argument("--fold-in-below", type=int, default=3,
+                   help="a user with fewer updates than this is folded in")  # fmt: skip
     w.add_argument("--session-weight", type=float, default=0.0,
                    help="weight of the session skip-gram objective (0: off)")  # fmt: skip
     w.add_argument("--torch-threads", type=int, default=1)

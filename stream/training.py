@@ -81,6 +81,11 @@ class TrainConfig:
     blend_k: float = 5.0
     session_weight: float = 0.0
     content_init: bool = True
+    # fold-in: users with fewer than `fold_in_below` updates get `fold_in` more steps on
+    # their rows alone per batch (item vectors held fixed), so a new user is placed by their
+    # first burst of events rather than one step from a random row (0: off)
+    fold_in: int = 0
+    fold_in_below: int = 3
     type_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
 
     def __post_init__(self) -> None:
@@ -212,9 +217,16 @@ class OnlineTrainer:
             )
         loss.backward()
 
+        cold_users: list[str] = []
+        if self.config.fold_in > 0:
+            updates, _ = self.ps.meta(USERS, user_ids)
+            cold_users = [u for u, n in zip(user_ids, updates.tolist(), strict=True)
+                          if n < self.config.fold_in_below]  # fmt: skip
         assert user_rows.grad is not None and item_rows.grad is not None
         self.ps.push(USERS, user_ids, user_rows.grad.numpy(), now=now)
         self.ps.push(ITEMS, candidates, item_rows.grad.numpy(), now=now)
+        if cold_users:
+            self._fold_in(batch, positive, w, cold_users, candidates, cand_pos, now)
         n_pos = int(positive.sum())
         return StepStats(
             positives=n_pos,
@@ -284,6 +296,41 @@ class OnlineTrainer:
         logits = logits.masked_fill(mask, float("-inf"))
         ce = F.cross_entropy(logits, labels, reduction="none")
         return (w[positive] * ce).sum()
+
+    def _fold_in(
+        self,
+        batch: list[Interaction],
+        positive: torch.Tensor,
+        w: torch.Tensor,
+        users: list[str],
+        candidates: list[str],
+        cand_pos: dict[str, int],
+        now: float,
+    ) -> None:
+        """``fold_in`` extra steps of the softmax loss on ``users``' rows only."""
+        cold = set(users)
+        keep = [n for n, (e, p) in enumerate(zip(batch, positive.tolist(), strict=True))
+                if p and e.user_id in cold]  # fmt: skip
+        if not keep:
+            return
+        events = [batch[n] for n in keep]
+        at = {u: n for n, u in enumerate(users)}
+        u_idx = torch.tensor([at[e.user_id] for e in events])
+        i_idx = torch.tensor([cand_pos[e.item_id] for e in events])
+        weights = w[keep]
+        everyone = torch.ones(len(events), dtype=torch.bool)
+        with torch.no_grad():
+            v = self.sim.serve_items(self.towers.items(torch.from_numpy(
+                self.ps.pull(ITEMS, candidates)[0])))  # fmt: skip
+        for _ in range(self.config.fold_in):
+            rows = torch.from_numpy(self.ps.pull(USERS, users)[0]).requires_grad_()
+            u = self.sim.serve_users(self.towers.users(rows))[u_idx]
+            scores = self.sim.scores(u, v) / self.config.temperature
+            loss = self._softmax_loss(events, everyone, scores, i_idx, weights, candidates,
+                                      cand_pos)  # fmt: skip
+            loss.backward()
+            assert rows.grad is not None
+            self.ps.push(USERS, users, rows.grad.numpy(), now=now)
 
     def _session_loss(
         self,

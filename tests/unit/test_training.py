@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -52,6 +53,42 @@ def test_a_click_raises_and_a_skip_lowers_the_pair_score() -> None:
     trainer.apply([ev(102, "u", "a", "click"), ev(103, "u", "b", "skip")])
     assert score(trainer, "u", "a") > before[0]
     assert score(trainer, "u", "b") < before[1]
+
+
+def fold_in_pair() -> tuple[OnlineTrainer, OnlineTrainer]:
+    """Two identical trainers with some history; the second then folds new users in."""
+    trainers = []
+    for _ in range(2):
+        t = OnlineTrainer.create(TrainConfig(dim=8, negatives=8))
+        for start in (0, 100, 200):  # three batches: every w-user has 3 updates, not cold
+            t.apply([ev(n, f"w{n % 7}", f"i{n % 100}") for n in range(start, start + 100)])
+        trainers.append(t)
+    trainers[1].config = replace(trainers[1].config, fold_in=3)
+    return trainers[0], trainers[1]
+
+
+def test_fold_in_moves_only_a_new_users_row_further_toward_their_items() -> None:
+    plain, folded = fold_in_pair()
+    burst = [ev(1000 + n, "new", f"i{n}") for n in range(6)] + [ev(2000, "w1", "i9")]
+    for t in (plain, folded):
+        t.apply(burst)
+    mean_score = [np.mean([score(t, "new", f"i{n}") for n in range(6)]) for t in (plain, folded)]
+    assert mean_score[1] > mean_score[0]
+    # the items, and a user past the threshold, get exactly the plain step
+    ids = [f"i{n}" for n in range(100)]
+    assert np.array_equal(plain.ps.pull("items", ids)[0], folded.ps.pull("items", ids)[0])
+    assert np.array_equal(plain.ps.pull("users", ["w1"])[0], folded.ps.pull("users", ["w1"])[0])
+    # 1 step + 3 fold-in steps for the new user
+    assert folded.ps.meta("users", ["new"])[0].tolist() == [4]
+    assert plain.ps.meta("users", ["new"])[0].tolist() == [1]
+
+
+def test_fold_in_is_deterministic() -> None:
+    a, b = fold_in_pair()[1], fold_in_pair()[1]
+    burst = [ev(1000 + n, "new", f"i{n}") for n in range(6)]
+    a.apply(burst)
+    b.apply(burst)
+    assert np.array_equal(a.ps.pull("users", ["new"])[0], b.ps.pull("users", ["new"])[0])
 
 
 def test_zero_weight_events_are_ignored() -> None:
