@@ -81,7 +81,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     faust_dir = Path(args.state_dir or STATE_DIR / "worker") / "faust" / args.app_id
     faust_dir.parent.mkdir(parents=True, exist_ok=True)  # faust makes only the last level
     train = TrainConfig(
-        dim=args.dim, lr=args.lr, negatives=args.negatives, optimizer=args.optimizer,
+        dim=args.dim, lr=args.lr, negatives=args.negatives, temperature=args.temperature,
+        optimizer=args.optimizer,
         min_count=args.min_count, ttl_seconds=args.ttl_seconds, similarity=args.similarity,
         norm_power=args.norm_power, blend_k=args.blend_k, session_weight=args.session_weight,
         fold_in=args.fold_in, fold_in_below=args.fold_in_below,
@@ -601,6 +602,8 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument("--batch-ms", type=int, default=50)
     table_args(w)
     w.add_argument("--negatives", type=int, default=32)
+    w.add_argument("--temperature", type=float, default=0.2,
+                   help="softmax temperature of the online loss, fold-in, skip-gram")  # fmt: skip
     w.add_argument(
         "--idle-grace-ms",
         type=int,

@@ -15,6 +15,7 @@ from services.kafka.broker import BrokerConfig, BrokerError, LocalBroker, free_p
 from services.local import metric_sum
 from stream.metrics import WorkerMetrics
 from stream.topics import Topics
+from stream.training import TrainConfig
 from stream.vectors import VectorRecord
 
 
@@ -51,6 +52,16 @@ def test_environment_sets_only_the_default_bootstrap() -> None:
     assert build_parser({}).parse_args(["worker"]).bootstrap == DEFAULT_BOOTSTRAP
     api = build_parser({}).parse_args(["api"])
     assert api.host == "127.0.0.1"  # services bind to loopback unless told otherwise
+
+
+def test_worker_learning_defaults_are_the_trainers() -> None:
+    # the parser keeps literals (stream.training is imported lazily): they must not drift
+    args = build_parser({}).parse_args(["worker"])
+    defaults = TrainConfig()
+    assert (args.lr, args.temperature, args.negatives, args.blend_k, args.fold_in) == (
+        defaults.lr, defaults.temperature, defaults.negatives, defaults.blend_k, defaults.fold_in
+    )
+    assert build_parser({}).parse_args(["worker", "--temperature", "1"]).temperature == 1.0
 
 
 def test_topic_prefix_namespaces_every_topic() -> None:
