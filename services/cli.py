@@ -640,7 +640,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     )
     w.add_argument("--fold-in-below", type=int, default=3,
                    help="a user with fewer updates than this is folded in")  # fmt: skip
-    w.add_argument("--session-weight", type=float, default=0.0,
+    w.add_argument("--session-weight", type=float, default=0.5,
                    help="weight of the session skip-gram objective (0: off)")  # fmt: skip
     w.add_argument("--torch-threads", type=int, default=1)
     w.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="plain asyncio loop")
@@ -773,8 +773,8 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     e.add_argument("--k", type=int, default=10)
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--blend-k", type=float, default=5.0)
-    e.add_argument("--session-weight", type=float, default=0.0,
-                   help="also evaluate the session skip-gram objective at this weight")  # fmt: skip
+    e.add_argument("--session-weight", type=float, default=None,
+                   help="the online learner's skip-gram weight (default: worker's)")  # fmt: skip
     e.add_argument("--als-every", type=int, default=5000, help="ALS retrains every N events")
     e.add_argument("--als-factors", type=int, default=8)
     e.add_argument(

@@ -13,10 +13,11 @@ from evaluation.data import ItemArrival, generated_stream, read_jsonl, split, wr
 from evaluation.models import ALS, GeneratorOracle, Popularity, Streambed
 from evaluation.prequential import EvalConfig, prequential, top_k
 from evaluation.report import write
-from evaluation.run import CachedEncoder, RunConfig, run
+from evaluation.run import DATASET_LR, DATASET_TRAIN, CachedEncoder, RunConfig, run
 from services.datagen import GeneratorConfig, InteractionGenerator
 from stream.bootstrap import BootstrapConfig, bootstrap
 from stream.schemas import Interaction
+from stream.training import TrainConfig
 
 
 def fake_encode(texts: list[str]) -> np.ndarray:
@@ -175,9 +176,19 @@ def test_run_writes_the_table_and_plots(tmp_path: Path) -> None:
         assert path.exists() and path.stat().st_size > 0
     assert (tmp_path / "eval" / "recall_over_time.png").read_bytes()[:4] == b"\x89PNG"
     body = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert set(body["summary"]) >= {"online", "frozen bootstrap", "popularity"}
+    assert set(body["summary"]) >= {"online", "online, no session skip-gram", "frozen bootstrap",
+                                    "popularity", "online, no blending"}  # the ablations too
     table = (tmp_path / "eval" / "table.md").read_text()
     assert "| online |" in table and "interactions before" in table
+
+
+def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
+    assert RunConfig().train() == TrainConfig(seed=0)  # the generator's are the worker's
+    movielens = RunConfig(dataset="movielens").train()
+    assert movielens.lr == DATASET_LR["movielens"]
+    assert all(getattr(movielens, k) == v for k, v in DATASET_TRAIN["movielens"].items())
+    given = RunConfig(dataset="movielens", lr=0.3, session_weight=0.0).train(blend_k=0.0)
+    assert (given.lr, given.session_weight, given.blend_k) == (0.3, 0.0, 0.0)
 
 
 def test_stream_files_round_trip_and_reject_bad_lines(tmp_path: Path) -> None:
