@@ -34,7 +34,8 @@ from evaluation.prequential import top_k
 from services.datagen import InteractionGenerator
 from stream.bootstrap import Bootstrapped, load_into
 from stream.schemas import Interaction, training_weight
-from stream.training import OnlineTrainer, TrainConfig
+from stream.similarity import blend_weight, interleave
+from stream.training import USERS, OnlineTrainer, TrainConfig
 
 log = logging.getLogger("streambed.evaluation")
 
@@ -70,13 +71,25 @@ class Popularity:
 
 
 class Streambed:
-    """The online learner (or, with ``online=False``, the frozen bootstrap)."""
+    """The online learner (or, with ``online=False``, the frozen bootstrap).
+
+    ``popular_mix``: a user with ``n`` row updates gets the share ``n / (n + popular_mix)``
+    of their list from their vector and the rest from popularity, as the API serves it
+    with ``--popular-mix`` (0: off; users with no vector get popularity either way).
+    """
 
     def __init__(
-        self, name: str, boot: Bootstrapped, config: TrainConfig, *, online: bool = True
+        self,
+        name: str,
+        boot: Bootstrapped,
+        config: TrainConfig,
+        *,
+        online: bool = True,
+        popular_mix: float = 0.0,
     ) -> None:
         self.name = name
         self.online = online
+        self.popular_mix = popular_mix  # as the API's --popular-mix (0: off)
         self.trainer = OnlineTrainer.create(replace(config, dim=boot.config.dim))
         load_into(self.trainer, copy.deepcopy(boot))
         self.fallback = Popularity(name=f"{name}-fallback")
@@ -111,6 +124,10 @@ class Streambed:
         scores = self.trainer.sim.scores(vectors, matrix)
         personal = top_k(scores, ids, k)
         popular = self.fallback.ranked(k, candidates)
+        if self.popular_mix > 0:  # users with few updates: part popularity (see the API)
+            updates, _ = self.trainer.ps.meta(USERS, users)
+            shares = blend_weight(updates, self.popular_mix).tolist()
+            personal = [interleave(p, popular, a, k) for p, a in zip(personal, shares, strict=True)]
         return [p if h else popular for p, h in zip(personal, hit.tolist(), strict=True)]
 
 

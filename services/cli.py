@@ -306,7 +306,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         fresh_capacity=args.fresh_capacity, drift=args.drift,
     )  # fmt: skip
     seen = SeenItems(args.seen_items, args.seen_users) if args.seen_items > 0 else None
-    state = ServingState(args.dim, index, seen=seen)
+    state = ServingState(args.dim, index, seen=seen, popular_mix=args.popular_mix)
     registry.register(IndexCollector(lambda: state.index))
     save_dir: Path | None = Path(args.save_dir or f".streambed/api-{args.port}")
     if args.save_seconds <= 0:
@@ -520,6 +520,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args, out=Path(args.out), k=args.k, batch_size=args.batch_size, blend_k=args.blend_k,
         session_weight=args.session_weight, als_every=args.als_every,
         als_factors=args.als_factors, validation=args.validation, lr=args.lr,
+        popular_mix=args.popular_mix,
     ))  # fmt: skip
     return 0
 
@@ -686,6 +687,14 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     a.add_argument("--ef-construction", type=int, default=index.ef_construction)
     a.add_argument("--ef", type=int, default=index.ef, help="hnswlib ef at query (%(default)s)")
     a.add_argument(
+        "--popular-mix",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="a user whose vector has n updates gets n/(n+M) of the list from it and the rest "
+        "from the popular items (0: off; MovieLens's evaluation chose 5, the generator's 0)",
+    )
+    a.add_argument(
         "--seen-items",
         type=int,
         default=50,
@@ -775,6 +784,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     e.add_argument("--blend-k", type=float, default=5.0)
     e.add_argument("--session-weight", type=float, default=None,
                    help="the online learner's skip-gram weight (default: worker's)")  # fmt: skip
+    e.add_argument("--popular-mix", type=float, default=None, metavar="M",
+                   help="serve a user with n updates n/(n+M) personal, the rest popular, as "
+                        "the API's --popular-mix (default: the dataset's; 0: off)")  # fmt: skip
     e.add_argument("--als-every", type=int, default=5000, help="ALS retrains every N events")
     e.add_argument("--als-factors", type=int, default=8)
     e.add_argument(

@@ -24,10 +24,18 @@ Examples
 [[1.342, 1.789], [0.6, 0.8]]
 >>> blend_weight(np.array([0, 1, 5, 95]), k=5).tolist()
 [0.0, 0.16666666666666666, 0.5, 0.95]
+
+A user with few updates gets the same treatment at serving, against popularity:
+:func:`interleave` gives their personal list the share ``blend_weight(updates, m)`` of
+the slots and fills the rest from the popular list.
+
+>>> interleave(["p1", "p2", "p3"], ["q1", "p2", "q2"], share=0.5, k=4)
+['p1', 'q1', 'p2', 'q2']
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -37,6 +45,7 @@ from torch.nn import functional as F
 
 KINDS = ("cosine", "dot", "l2")
 A = TypeVar("A", np.ndarray, torch.Tensor)
+T = TypeVar("T", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,32 @@ def blend_weight(n: np.ndarray, k: float) -> np.ndarray:
     if k <= 0:
         return np.ones_like(n)
     return n / (n + k)
+
+
+def interleave(personal: Sequence[T], popular: Sequence[T], share: float, k: int) -> list[T]:
+    """The first ``k`` distinct items of two ranked lists, ``personal`` taking ``share`` of
+    the slots: position ``j`` (from 0) is personal while fewer than ``share * (j + 1)`` of
+    the list so far are, so with any share above 0 the personal list leads (a user's own
+    top item, then popularity, ...); a source that runs out leaves its slots to the other.
+    Each list keeps its own order; an item already placed is skipped wherever it comes again.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    out: list[T] = []
+    placed: set[T] = set()
+    mine = theirs = taken = 0
+    while len(out) < k and (mine < len(personal) or theirs < len(popular)):
+        if mine < len(personal) and (taken < share * (len(out) + 1) - 1e-9
+                                     or theirs >= len(popular)):  # fmt: skip
+            item, mine = personal[mine], mine + 1
+            if item not in placed:
+                taken += 1
+        else:
+            item, theirs = popular[theirs], theirs + 1
+        if item not in placed:
+            placed.add(item)
+            out.append(item)
+    return out
 
 
 def _norm(x: A) -> A:

@@ -44,7 +44,9 @@ class ScoredItem(BaseModel):
 
 class Recommendations(BaseModel):
     user_id: str
-    strategy: str  # "personal" (user vector + ANN) or "popular" (no vector yet)
+    # "personal" (user vector + ANN), "popular" (no vector yet), or "mixed" (a user with few
+    # updates, with --popular-mix: part personal, part popular)
+    strategy: str
     items: list[ScoredItem]
 
 

@@ -22,6 +22,16 @@ Examples
 ('personal', 'a')
 >>> state.recommend("u", k=1, exclude={"a"})[1][0][0]
 'b'
+
+With ``popular_mix=m`` a user whose vector has ``n`` updates gets the share
+``n / (n + m)`` of the list from it and the rest from the popular items:
+
+>>> mixed = ServingState(dim=2, popular_mix=1.0)
+>>> _ = mixed.apply_items([VectorRecord("a", vec(1, 0), 5, 0), VectorRecord("b", vec(.8, .6), 1, 0),
+...                        VectorRecord("c", vec(0, 1), 9, 0)], now_ms=0)
+>>> _ = mixed.apply_users([VectorRecord("u", vec(1, 0), 1, 0)], now_ms=0)
+>>> mixed.recommend("u", k=2)         # 1 update: half personal (a, b), half popular (c, a)
+('mixed', [('a', 1.0), ('c', 9.0)])
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import numpy as np
 
 from services.ann.index import AnnIndex, IndexConfig
 from services.api.seen import SeenItems
+from stream.similarity import blend_weight, interleave
 from stream.vectors import VectorRecord
 
 Offsets = dict[str, dict[int, int]]  # topic -> partition -> next offset to read
@@ -54,11 +65,16 @@ class ServingState:
         *,
         seen: SeenItems | None = None,
         freshness_window: int = 100_000,
+        popular_mix: float = 0.0,
     ) -> None:
+        if popular_mix < 0:
+            raise ValueError(f"popular_mix must be non-negative, got {popular_mix}")
         self.dim = dim
+        self.popular_mix = popular_mix
         self.index = AnnIndex(dim, index)
         self.seen = seen  # None: the replica does not follow interactions
         self._users: dict[str, np.ndarray] = {}
+        self._user_updates: dict[str, int] = {}  # -1: unknown (a save from before they were kept)
         self._item_updates: dict[str, int] = {}
         self._lock = threading.Lock()
         # (observed at, seconds): recent freshness samples, for exact percentiles
@@ -83,6 +99,7 @@ class ServingState:
         with self._lock:
             for r in records:
                 self._users[r.key] = r.vector
+                self._user_updates[r.key] = r.updates
         return self._fresh(records, now_ms)
 
     def remove_items(self, keys: Sequence[str]) -> int:
@@ -96,6 +113,7 @@ class ServingState:
         with self._lock:
             for key in keys:
                 self._users.pop(key, None)
+                self._user_updates.pop(key, None)
 
     def apply_events(self, events: Sequence[tuple[str, str]]) -> None:
         """(user, item) pairs from the ``interactions`` topic, for exclude-seen filters."""
@@ -123,10 +141,27 @@ class ServingState:
     def recommend(
         self, user_id: str, k: int, exclude: Collection[str] = ()
     ) -> tuple[str, list[tuple[str, float]]]:
-        vector = self.user_vector(user_id)
+        """``("popular" | "personal" | "mixed", [(item, score), ...])``.
+
+        In a mixed list the order is the ranking; an item from the personal list keeps its
+        similarity, one only from the popular list its update count.
+        """
+        with self._lock:
+            vector = self._users.get(user_id)
+            updates = self._user_updates.get(user_id, -1)
         if vector is None:
             return "popular", self.popular(k, exclude)
-        return "personal", self.index.search(vector, k, exclude)
+        personal = self.index.search(vector, k, exclude)
+        if self.popular_mix <= 0 or updates < 0:
+            return "personal", personal
+        share = float(blend_weight(np.array(updates), self.popular_mix))
+        if share >= 1.0:
+            return "personal", personal
+        popular = self.popular(k, exclude)
+        scores = dict(popular) | dict(personal)  # the similarity where there is one
+        ranked = interleave([i for i, _ in personal], [i for i, _ in popular], share, k)
+        strategy = "personal" if ranked == [i for i, _ in personal] else "mixed"
+        return strategy, [(item, scores[item]) for item in ranked]
 
     def similar(
         self, item_id: str, k: int, exclude: Collection[str] = ()
@@ -156,11 +191,13 @@ class ServingState:
         with self._lock:
             users = list(self._users)
             user_vectors = np.stack([self._users[u] for u in users]) if users else None
+            user_updates = np.array([self._user_updates.get(u, -1) for u in users], np.int64)
             updates = dict(self._item_updates)
         np.savez(
             tmp / "users.npz",
             ids=np.array(users, dtype=str),
             vectors=user_vectors if user_vectors is not None else np.zeros((0, self.dim)),
+            updates=user_updates,
         )
         body = {"offsets": {t: {str(p): o for p, o in parts.items()}
                             for t, parts in offsets.items()},
@@ -187,6 +224,8 @@ class ServingState:
         index = AnnIndex.load(directory, self.dim, self.index.config)
         with np.load(directory / "users.npz", allow_pickle=False) as saved:
             ids, vectors = saved["ids"], saved["vectors"]
+            # saves from before update counts were kept: unknown (-1), served unmixed
+            counts = saved["updates"] if "updates" in saved.files else np.full(len(ids), -1)
         if len(ids) and vectors.shape[1] != self.dim:
             raise ValueError(f"saved user vectors have dim {vectors.shape[1]}, not {self.dim}")
         body = json.loads((directory / "state.json").read_text())
@@ -194,6 +233,7 @@ class ServingState:
             self.index.close()
             self.index = index
             self._users = {str(u): vectors[n].astype(np.float32) for n, u in enumerate(ids)}
+            self._user_updates = {str(u): int(counts[n]) for n, u in enumerate(ids)}
             self._item_updates = {str(i): int(n) for i, n in body["item_updates"].items()}
             if self.seen is not None and body.get("seen") is not None:
                 self.seen = SeenItems.from_json(
@@ -208,6 +248,7 @@ class ServingState:
             self.index.close()
             self.index = AnnIndex(self.dim, self.index.config)
             self._users.clear()
+            self._user_updates.clear()
             self._item_updates.clear()
             if self.seen is not None:
                 self.seen = SeenItems(self.seen.per_user, self.seen.max_users)

@@ -37,6 +37,38 @@ def test_unknown_user_gets_the_popularity_prior(client: TestClient) -> None:
     assert [i["item_id"] for i in body["items"]] == ["b", "a"]
 
 
+def test_popular_mix_serves_a_new_user_part_popular_and_survives_a_save(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    vec = lambda *x: np.array(x, dtype=np.float32)  # noqa: E731
+    state = ServingState(dim=2, popular_mix=2.0)
+    state.apply_items([VectorRecord("a", vec(1, 0), 3, 0), VectorRecord("b", vec(0, 1), 7, 0),
+                       VectorRecord("c", vec(0.8, 0.6), 1, 0)], now_ms=0)  # fmt: skip
+    state.apply_users([VectorRecord("new", vec(1, 0.1), 1, 0),        # share 1/3
+                       VectorRecord("old", vec(1, 0.1), 10**6, 0)], now_ms=0)  # fmt: skip
+    strategy, items = state.recommend("new", k=3)
+    assert strategy == "mixed"  # its own top item, then popularity's (b, c): b and c are in
+    # its personal list too, so they keep their similarity as score
+    assert items == [("a", pytest.approx(1.0)), ("b", pytest.approx(0.1)),
+                     ("c", pytest.approx(0.86))]  # fmt: skip
+    assert state.recommend("new", k=3, exclude={"a"})[1][0][0] == "c"
+    strategy, items = state.recommend("old", k=2)
+    assert strategy == "personal" and [i for i, _ in items] == ["a", "c"]  # share ~1
+    plain = ServingState(dim=2)  # off by default
+    plain.apply_items([VectorRecord("a", vec(1, 0), 3, 0)], now_ms=0)
+    plain.apply_users([VectorRecord("new", vec(1, 0), 1, 0)], now_ms=0)
+    assert plain.recommend("new", k=1)[0] == "personal"
+    # the update counts are saved with the vectors; a save without them serves unmixed
+    state.save(tmp_path / "s", {})
+    again = ServingState(dim=2, popular_mix=2.0)
+    again.restore(tmp_path / "s")
+    assert again.recommend("new", k=3) == state.recommend("new", k=3)
+    directory = tmp_path / "s" / (tmp_path / "s" / "LATEST").read_text()
+    np.savez(directory / "users.npz", ids=np.array(["new"]), vectors=np.array([[1.0, 0.1]]))
+    again.restore(tmp_path / "s")
+    assert again.recommend("new", k=3)[0] == "personal"
+    with pytest.raises(ValueError, match="popular_mix"):
+        ServingState(dim=2, popular_mix=-1.0)
+
+
 def test_similar_items_exclude_the_item_itself(client: TestClient) -> None:
     body = client.get("/items/a/similar?k=5").json()
     assert [i["item_id"] for i in body["items"]] == ["c", "b"]

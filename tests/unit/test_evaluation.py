@@ -13,7 +13,15 @@ from evaluation.data import ItemArrival, generated_stream, read_jsonl, split, wr
 from evaluation.models import ALS, GeneratorOracle, Popularity, Streambed
 from evaluation.prequential import EvalConfig, prequential, top_k
 from evaluation.report import write
-from evaluation.run import DATASET_LR, DATASET_TRAIN, CachedEncoder, RunConfig, run
+from evaluation.run import (
+    DATASET_LR,
+    DATASET_POPULAR_MIX,
+    DATASET_TRAIN,
+    CachedEncoder,
+    RunConfig,
+    build_models,
+    run,
+)
 from services.datagen import GeneratorConfig, InteractionGenerator
 from stream.bootstrap import BootstrapConfig, bootstrap
 from stream.schemas import Interaction
@@ -176,8 +184,13 @@ def test_run_writes_the_table_and_plots(tmp_path: Path) -> None:
         assert path.exists() and path.stat().st_size > 0
     assert (tmp_path / "eval" / "recall_over_time.png").read_bytes()[:4] == b"\x89PNG"
     body = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert set(body["summary"]) >= {"online", "online, no session skip-gram", "frozen bootstrap",
-                                    "popularity", "online, no blending"}  # the ablations too
+    assert set(body["summary"]) >= {
+        "online",
+        "online, no session skip-gram",
+        "frozen bootstrap",
+        "popularity",
+        "online, no blending",
+    }  # the ablations too
     table = (tmp_path / "eval" / "table.md").read_text()
     assert "| online |" in table and "interactions before" in table
 
@@ -189,6 +202,43 @@ def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
     assert all(getattr(movielens, k) == v for k, v in DATASET_TRAIN["movielens"].items())
     given = RunConfig(dataset="movielens", lr=0.3, session_weight=0.0).train(blend_k=0.0)
     assert (given.lr, given.session_weight, given.blend_k) == (0.3, 0.0, 0.0)
+    assert RunConfig().mix == 0.0 and RunConfig(dataset="movielens").mix == DATASET_POPULAR_MIX[
+        "movielens"] > 0  # fmt: skip
+    assert RunConfig(dataset="movielens", popular_mix=0.0).mix == 0.0
+
+
+def _small_boot():  # type: ignore[no-untyped-def]
+    stream = generated_stream(users=40, items=80, clusters=3, events=3000, seed=2)
+    history, rest = split(stream, 0.5)
+    arrivals = {r.item_id: r.text for r in history if isinstance(r, ItemArrival)}
+    content = dict(zip(arrivals, fake_encode(list(arrivals.values())), strict=True))
+    events = [r for r in history if isinstance(r, Interaction)]
+    return history, rest, bootstrap(events, content, BootstrapConfig(dim=8, epochs=1))
+
+
+def test_popular_mix_gives_users_with_few_updates_part_of_the_popular_list() -> None:
+    history, rest, boot = _small_boot()
+    mixed = Streambed("mixed", boot, TrainConfig(dim=8), popular_mix=1e9)  # share ~0
+    plain = Streambed("plain", boot, TrainConfig(dim=8))
+    events = [r for r in rest if isinstance(r, Interaction)][:500]
+    for model in (mixed, plain):
+        model.learn(events)
+    users = list(dict.fromkeys(e.user_id for e in events))[:5]
+    candidates = list(boot.items)
+    popular = mixed.fallback.ranked(5, candidates)
+    # the personal list leads (its top item), popular fills the rest
+    for got, own in zip(mixed.recommend(users, {}, 5, candidates),
+                        plain.recommend(users, {}, 5, candidates), strict=True):  # fmt: skip
+        assert got == [own[0], *[i for i in popular if i != own[0]][:4]] and got != own
+    # a small m: well-trained users are served (almost) only from their vectors
+    some = Streambed("some", boot, TrainConfig(dim=8), popular_mix=1e-9)
+    some.learn(events)
+    assert some.recommend(users, {}, 5, candidates) == plain.recommend(users, {}, 5, candidates)
+    models = [m.name for m in build_models(boot, history, RunConfig(dataset="movielens", dim=8))]
+    assert "online, no popularity mix" in models
+    assert "online, no popularity mix" not in [
+        m.name for m in build_models(boot, history, RunConfig(dim=8))
+    ]
 
 
 def test_stream_files_round_trip_and_reject_bad_lines(tmp_path: Path) -> None:

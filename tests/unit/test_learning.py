@@ -12,7 +12,7 @@ from paramserver.ps import ParameterServer
 from stream.bootstrap import BootstrapConfig, Bootstrapped, bootstrap, load_into
 from stream.model import TwoTower
 from stream.schemas import Interaction
-from stream.similarity import Similarity, blend_weight
+from stream.similarity import Similarity, blend_weight, interleave
 from stream.training import CONTENT, ITEMS, USERS, OnlineTrainer, TrainConfig
 
 
@@ -214,6 +214,26 @@ def test_blend_weight_is_monotone_and_bounded() -> None:
     a = blend_weight(np.arange(100), k=5.0)
     assert a[0] == 0 and (np.diff(a) > 0).all() and a[-1] < 1
     assert blend_weight(np.array([0, 3]), k=0).tolist() == [1.0, 1.0]
+
+
+def test_interleave_gives_personal_its_share_in_order_without_repeats() -> None:
+    personal = [f"p{n}" for n in range(10)]
+    popular = [f"q{n}" for n in range(10)]
+    assert interleave(personal, popular, 1.0, 4) == personal[:4]
+    assert interleave(personal, popular, 0.0, 4) == popular[:4]
+    for share in (0.2, 0.5, 0.75):
+        out = interleave(personal, popular, share, 8)
+        mine = [i for i in out if i.startswith("p")]
+        assert len(out) == 8 and len(mine) == round(share * 8)
+        assert mine == personal[: len(mine)]  # each list keeps its order
+        assert [i for i in out if i.startswith("q")] == popular[: 8 - len(mine)]
+    # an item both lists hold is placed once, and counts for the list that placed it
+    assert interleave(["a", "b", "c"], ["a", "x", "y"], 0.5, 4) == ["a", "x", "b", "y"]
+    # a list that runs out leaves its slots to the other; both short: fewer than k
+    assert interleave(["a"], ["x", "y", "z"], 1.0, 3) == ["a", "x", "y"]
+    assert interleave(["a"], ["a"], 0.5, 3) == ["a"]
+    with pytest.raises(ValueError, match="share"):
+        interleave(personal, popular, 1.5, 3)
 
 
 def test_put_sets_rows_without_admission_and_validates() -> None:
