@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections import Counter, deque
 from dataclasses import replace
 
 import numpy as np
@@ -33,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from evaluation.prequential import top_k
 from services.datagen import InteractionGenerator
 from stream.bootstrap import Bootstrapped, load_into
+from stream.frequency import RecentCounts
 from stream.schemas import Interaction, training_weight
 from stream.similarity import blend_weight, interleave
 from stream.training import USERS, OnlineTrainer, TrainConfig
@@ -45,22 +45,16 @@ class Popularity:
 
     def __init__(self, window: int = 20_000, name: str = "popularity") -> None:
         self.name = name
-        self.recent: deque[str] = deque(maxlen=window)
-        self.counts: Counter[str] = Counter()
+        self.counts = RecentCounts(window)  # as a replica's --popular-window
 
     def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:
         pass
 
     def learn(self, batch: list[Interaction]) -> None:
-        for e in batch:
-            if training_weight(e) > 0:
-                if len(self.recent) == self.recent.maxlen:
-                    self.counts[self.recent[0]] -= 1
-                self.recent.append(e.item_id)
-                self.counts[e.item_id] += 1
+        self.counts.observe(e.item_id for e in batch if training_weight(e) > 0)
 
     def ranked(self, k: int, candidates: list[str]) -> list[str]:
-        scores = np.array([self.counts.get(i, 0) for i in candidates], dtype=np.float64)
+        scores = np.array([self.counts.get(i) for i in candidates], dtype=np.float64)
         return top_k(scores[None, :], candidates, k)[0]
 
     def recommend(

@@ -306,7 +306,8 @@ def cmd_api(args: argparse.Namespace) -> int:
         fresh_capacity=args.fresh_capacity, drift=args.drift,
     )  # fmt: skip
     seen = SeenItems(args.seen_items, args.seen_users) if args.seen_items > 0 else None
-    state = ServingState(args.dim, index, seen=seen, popular_mix=args.popular_mix)
+    state = ServingState(args.dim, index, seen=seen, popular_mix=args.popular_mix,
+                         popular_window=args.popular_window)  # fmt: skip
     registry.register(IndexCollector(lambda: state.index))
     save_dir: Path | None = Path(args.save_dir or f".streambed/api-{args.port}")
     if args.save_seconds <= 0:
@@ -695,10 +696,19 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
         "from the popular items (0: off; MovieLens's evaluation chose 5, the generator's 0)",
     )
     a.add_argument(
+        "--popular-window",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="popular means most positives among the last N interactions, as the evaluator's "
+        "popularity (0: most total updates; %(default)s)",
+    )
+    a.add_argument(
         "--seen-items",
         type=int,
         default=50,
-        help="recent items kept per user for exclude_seen (0: do not follow events)",
+        help="recent items kept per user for exclude_seen (0: off; with --popular-window 0 "
+        "too, the replica does not read interactions)",
     )
     a.add_argument("--seen-users", type=int, default=100_000)
     a.add_argument(

@@ -10,6 +10,7 @@ Examples
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -86,3 +87,51 @@ class ItemFrequency:
         self._total *= factor
         self._scale = 1.0
         self._changed = set(self._counts)
+
+
+class RecentCounts:
+    """How often each item occurs among the last ``window`` observations: the popularity
+    that serving falls back on and mixes in, and the evaluator's popularity baseline.
+
+    Examples
+    --------
+    >>> recent = RecentCounts(window=3)
+    >>> recent.observe(["a", "b", "a", "c"])     # the first "a" has left the window
+    >>> recent.get("a"), recent.get("b"), recent.get("z"), len(recent)
+    (1, 1, 0, 3)
+    >>> RecentCounts.from_list(recent.to_list(), window=3).get("c")
+    1
+    """
+
+    def __init__(self, window: int = 20_000) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        self._recent: deque[str] = deque(maxlen=window)
+        self._counts: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def observe(self, items: Iterable[str]) -> None:
+        for item in items:
+            if len(self._recent) == self.window:
+                gone = self._recent[0]
+                self._counts[gone] -= 1
+                if not self._counts[gone]:
+                    del self._counts[gone]
+            self._recent.append(item)
+            self._counts[item] += 1
+
+    def get(self, item: str) -> int:
+        return self._counts.get(item, 0)
+
+    def to_list(self) -> list[str]:
+        """The window, oldest first (what a save keeps)."""
+        return list(self._recent)
+
+    @classmethod
+    def from_list(cls, items: Iterable[str], window: int) -> RecentCounts:
+        recent = cls(window)
+        recent.observe(items)
+        return recent

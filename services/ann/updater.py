@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from services.api.metrics import ServingMetrics
 from services.api.state import ServingState
-from stream.schemas import InvalidEvent, parse_event
+from stream.schemas import InvalidEvent, parse_event, training_weight
 from stream.topics import Topics
 from stream.vectors import VectorRecord
 
@@ -191,7 +191,7 @@ class VectorTailer(threading.Thread):
 
     def _wait_for_partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
         names: tuple[str, ...] = (self.topics.item_vectors, self.topics.user_vectors)
-        if self.state.seen is not None:
+        if self.state.follows_events:
             names += (self.topics.interactions,)
         while not self._stop_event.is_set():
             found = {t: consumer.partitions_for_topic(t) for t in names}
@@ -224,15 +224,18 @@ class VectorTailer(threading.Thread):
         self._apply_vectors(topic, run)
 
     def _apply_events(self, records: list) -> None:  # type: ignore[type-arg]
-        pairs, kinds = [], Counter[str]()
+        pairs, positives, kinds = [], [], Counter[str]()
         for rec in records:
             try:
                 event = parse_event(rec.value)
             except InvalidEvent:  # the worker dead-letters it; here it is simply not seen
                 continue
             pairs.append((event.user_id, event.item_id))
+            if training_weight(event) > 0:  # what popularity counts, as the evaluator does
+                positives.append(event.item_id)
             kinds[event.type] += 1
         self.state.apply_events(pairs)
+        self.state.count_popular(positives)
         for kind, n in kinds.items():
             self.metrics.interactions_seen.labels(type=kind).inc(n)
 

@@ -51,6 +51,7 @@ import numpy as np
 
 from services.ann.index import AnnIndex, IndexConfig
 from services.api.seen import SeenItems
+from stream.frequency import RecentCounts
 from stream.similarity import blend_weight, interleave
 from stream.vectors import VectorRecord
 
@@ -66,11 +67,16 @@ class ServingState:
         seen: SeenItems | None = None,
         freshness_window: int = 100_000,
         popular_mix: float = 0.0,
+        popular_window: int = 0,
     ) -> None:
-        if popular_mix < 0:
-            raise ValueError(f"popular_mix must be non-negative, got {popular_mix}")
+        if popular_mix < 0 or popular_window < 0:
+            raise ValueError(f"popular_mix and popular_window must be non-negative, got "
+                             f"{popular_mix} and {popular_window}")  # fmt: skip
         self.dim = dim
         self.popular_mix = popular_mix
+        # popularity: positives among the last `popular_window` interactions (0: items'
+        # total update counts), ties broken by update counts
+        self.recent = RecentCounts(popular_window) if popular_window > 0 else None
         self.index = AnnIndex(dim, index)
         self.seen = seen  # None: the replica does not follow interactions
         self._users: dict[str, np.ndarray] = {}
@@ -83,6 +89,11 @@ class ServingState:
     @property
     def users(self) -> int:
         return len(self._users)
+
+    @property
+    def follows_events(self) -> bool:
+        """Whether the replica reads ``interactions`` (for exclude-seen or popularity)."""
+        return self.seen is not None or self.recent is not None
 
     def apply_items(self, records: Sequence[VectorRecord], now_ms: int) -> list[float]:
         """Upsert item vectors; returns the freshness (seconds) of those that carry an event."""
@@ -121,6 +132,12 @@ class ServingState:
             for user_id, item_id in events:
                 self.seen.add(user_id, item_id)
 
+    def count_popular(self, items: Sequence[str]) -> None:
+        """Items of positive events from the ``interactions`` topic, for popularity."""
+        if self.recent is not None and items:
+            with self._lock:
+                self.recent.observe(items)
+
     def seen_by(self, user_id: str) -> frozenset[str]:
         return frozenset() if self.seen is None else self.seen.get(user_id)
 
@@ -134,8 +151,17 @@ class ServingState:
             return self._users.get(user_id)
 
     def popular(self, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
+        """The items with vectors most popular now: ``(item, count)``, the count being
+        positives in the window (with ``popular_window``) or total updates (without)."""
         with self._lock:
-            top = heapq.nlargest(k + len(exclude), self._item_updates.items(), key=lambda kv: kv[1])
+            if self.recent is None or not len(self.recent):
+                top = heapq.nlargest(k + len(exclude), self._item_updates.items(),
+                                     key=lambda kv: kv[1])  # fmt: skip
+            else:
+                get = self.recent.get
+                top = [(item, get(item)) for item, _ in heapq.nlargest(
+                    k + len(exclude), self._item_updates.items(),
+                    key=lambda kv: (get(kv[0]), kv[1]))]  # fmt: skip
         return [(item, float(n)) for item, n in top if item not in exclude][:k]
 
     def recommend(
@@ -144,7 +170,7 @@ class ServingState:
         """``("popular" | "personal" | "mixed", [(item, score), ...])``.
 
         In a mixed list the order is the ranking; an item from the personal list keeps its
-        similarity, one only from the popular list its update count.
+        similarity, one only from the popular list its popularity count.
         """
         with self._lock:
             vector = self._users.get(user_id)
@@ -193,6 +219,7 @@ class ServingState:
             user_vectors = np.stack([self._users[u] for u in users]) if users else None
             user_updates = np.array([self._user_updates.get(u, -1) for u in users], np.int64)
             updates = dict(self._item_updates)
+            recent = None if self.recent is None else self.recent.to_list()
         np.savez(
             tmp / "users.npz",
             ids=np.array(users, dtype=str),
@@ -202,6 +229,7 @@ class ServingState:
         body = {"offsets": {t: {str(p): o for p, o in parts.items()}
                             for t, parts in offsets.items()},
                 "item_updates": updates, "saved_at": time.time(),
+                "recent": None if recent is None else recent,
                 "seen": None if self.seen is None else self.seen.to_json()}  # fmt: skip
         (tmp / "state.json").write_text(json.dumps(body))
         tmp.rename(root / name)
@@ -235,6 +263,9 @@ class ServingState:
             self._users = {str(u): vectors[n].astype(np.float32) for n, u in enumerate(ids)}
             self._user_updates = {str(u): int(counts[n]) for n, u in enumerate(ids)}
             self._item_updates = {str(i): int(n) for i, n in body["item_updates"].items()}
+            if self.recent is not None:  # a save without a window: none (it refills)
+                saved_recent = map(str, body.get("recent") or ())
+                self.recent = RecentCounts.from_list(saved_recent, self.recent.window)
             if self.seen is not None and body.get("seen") is not None:
                 self.seen = SeenItems.from_json(
                     body["seen"], self.seen.per_user, self.seen.max_users
@@ -252,3 +283,5 @@ class ServingState:
             self._item_updates.clear()
             if self.seen is not None:
                 self.seen = SeenItems(self.seen.per_user, self.seen.max_users)
+            if self.recent is not None:
+                self.recent = RecentCounts(self.recent.window)

@@ -49,11 +49,13 @@ def topics(kafka_bootstrap: str) -> Topics:
 class Replica:
     """A replica's state and tailer, in-process (the API process wires the same parts)."""
 
-    def __init__(self, bootstrap: str, topics: Topics, config: TailerConfig, seen: bool = False):
+    def __init__(self, bootstrap: str, topics: Topics, config: TailerConfig, seen: bool = False,
+                 popular_window: int = 0):  # fmt: skip
         self.registry = CollectorRegistry()
         self.metrics = ServingMetrics.create(self.registry)
         self.state = ServingState(DIM, IndexConfig(capacity=16, merge_chunk=4),
-                                  seen=SeenItems() if seen else None)  # fmt: skip
+                                  seen=SeenItems() if seen else None,
+                                  popular_window=popular_window)  # fmt: skip
         self.tailer = VectorTailer(bootstrap, topics, self.state, self.metrics, config)
 
     def __enter__(self) -> Replica:
@@ -151,8 +153,9 @@ def test_the_gateway_produces_to_kafka_and_the_replica_learns_what_was_seen(
 ) -> None:
     send_vectors(kafka_bootstrap, topics.item_vectors, vectors(10, 7))
     send_vectors(kafka_bootstrap, topics.user_vectors, {"u1": np.ones(DIM, dtype=np.float32)})
-    with Replica(kafka_bootstrap, topics, TailerConfig(), seen=True) as replica:
+    with Replica(kafka_bootstrap, topics, TailerConfig(), seen=True, popular_window=100) as replica:
         sink = KafkaSink(EventProducer(kafka_bootstrap, topics))
+        assert replica.state.popular(1)[0][1] == 1.0  # update counts: the window is empty
         app = create_app(replica.state, replica.registry, replica.metrics, sink=sink, token="t")
         client = TestClient(app)
         top = client.get("/recommendations/u1?k=3").json()["items"][0]["item_id"]
@@ -166,6 +169,10 @@ def test_the_gateway_produces_to_kafka_and_the_replica_learns_what_was_seen(
         assert wait_for(lambda: top in replica.state.seen_by("u1"))
         filtered = client.get("/recommendations/u1?k=3&exclude_seen=true").json()["items"]
         assert top not in {i["item_id"] for i in filtered} and len(filtered) == 3
+        # the three clicks made it the most popular item now (the window follows the topic)
+        assert replica.state.popular(1) == [(top, 3.0)]
+        stranger = client.get("/recommendations/stranger?k=1").json()
+        assert stranger["strategy"] == "popular" and stranger["items"][0]["item_id"] == top
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=None,
                              consumer_timeout_ms=5000)  # fmt: skip
     parts = [TopicPartition(topics.interactions, p) for p in range(2)]

@@ -69,6 +69,27 @@ def test_popular_mix_serves_a_new_user_part_popular_and_survives_a_save(tmp_path
         ServingState(dim=2, popular_mix=-1.0)
 
 
+def test_popular_follows_the_recent_window_and_survives_a_save(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    vec = lambda *x: np.array(x, dtype=np.float32)  # noqa: E731
+    state = ServingState(dim=2, popular_window=3)
+    state.apply_items([VectorRecord("a", vec(1, 0), 3, 0), VectorRecord("b", vec(0, 1), 7, 0),
+                       VectorRecord("c", vec(0.8, 0.6), 1, 0)], now_ms=0)  # fmt: skip
+    assert state.follows_events and state.popular(3) == [("b", 7.0), ("a", 3.0), ("c", 1.0)]
+    state.count_popular(["c", "c", "a"])  # no window yet: update counts; now the window
+    assert state.popular(3) == [("c", 2.0), ("a", 1.0), ("b", 0.0)]
+    state.count_popular(["a"])  # the window keeps the last 3: c, a, a
+    assert state.popular(2, exclude={"a"}) == [("c", 1.0), ("b", 0.0)]
+    state.count_popular(["z"])  # an item with no vector is counted but never served
+    assert [i for i, _ in state.popular(5)] == ["a", "b", "c"]
+    state.save(tmp_path / "s", {})
+    again = ServingState(dim=2, popular_window=3)
+    again.restore(tmp_path / "s")
+    assert again.popular(3) == state.popular(3)
+    assert not ServingState(dim=2).follows_events  # neither seen items nor a window
+    with pytest.raises(ValueError, match="popular_window"):
+        ServingState(dim=2, popular_window=-1)
+
+
 def test_similar_items_exclude_the_item_itself(client: TestClient) -> None:
     body = client.get("/items/a/similar?k=5").json()
     assert [i["item_id"] for i in body["items"]] == ["c", "b"]
