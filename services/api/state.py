@@ -154,15 +154,11 @@ class ServingState:
         """The items with vectors most popular now: ``(item, count)``, the count being
         positives in the window (with ``popular_window``) or total updates (without)."""
         with self._lock:
-            if self.recent is None or not len(self.recent):
-                top = heapq.nlargest(k + len(exclude), self._item_updates.items(),
-                                     key=lambda kv: kv[1])  # fmt: skip
-            else:
-                get = self.recent.get
-                top = [(item, get(item)) for item, _ in heapq.nlargest(
-                    k + len(exclude), self._item_updates.items(),
-                    key=lambda kv: (get(kv[0]), kv[1]))]  # fmt: skip
-        return [(item, float(n)) for item, n in top if item not in exclude][:k]
+            updates = self._item_updates
+            recent = self.recent if self.recent is not None and len(self.recent) else None
+            count = updates.__getitem__ if recent is None else recent.get
+            top = heapq.nlargest(k + len(exclude), updates, key=lambda i: (count(i), updates[i]))
+            return [(item, float(count(item))) for item in top if item not in exclude][:k]
 
     def recommend(
         self, user_id: str, k: int, exclude: Collection[str] = ()
@@ -229,7 +225,7 @@ class ServingState:
         body = {"offsets": {t: {str(p): o for p, o in parts.items()}
                             for t, parts in offsets.items()},
                 "item_updates": updates, "saved_at": time.time(),
-                "recent": None if recent is None else recent,
+                "recent": recent,
                 "seen": None if self.seen is None else self.seen.to_json()}  # fmt: skip
         (tmp / "state.json").write_text(json.dumps(body))
         tmp.rename(root / name)

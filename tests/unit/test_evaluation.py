@@ -154,14 +154,18 @@ def test_als_retrains_and_serves_known_users() -> None:
     assert len(recs[1]) == 2  # popularity for a user ALS has never seen
 
 
-def test_streambed_online_learns_and_frozen_does_not() -> None:
+def _small_boot(epochs: int = 1):  # type: ignore[no-untyped-def]
+    """A small generated stream split in half, and a bootstrap on its first half."""
     stream = generated_stream(users=40, items=80, clusters=3, events=3000, seed=2)
     history, rest = split(stream, 0.5)
     arrivals = {r.item_id: r.text for r in history if isinstance(r, ItemArrival)}
     content = dict(zip(arrivals, fake_encode(list(arrivals.values())), strict=True))
     events = [r for r in history if isinstance(r, Interaction)]
-    boot = bootstrap(events, content, BootstrapConfig(dim=8, epochs=2))
-    from stream.training import TrainConfig
+    return history, rest, bootstrap(events, content, BootstrapConfig(dim=8, epochs=epochs))
+
+
+def test_streambed_online_learns_and_frozen_does_not() -> None:
+    history, rest, boot = _small_boot(epochs=2)
 
     online = Streambed("online", boot, TrainConfig(dim=8))
     frozen = Streambed("frozen", boot, TrainConfig(dim=8), online=False)
@@ -205,15 +209,6 @@ def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
     assert RunConfig().mix == 0.0 and RunConfig(dataset="movielens").mix == DATASET_POPULAR_MIX[
         "movielens"] > 0  # fmt: skip
     assert RunConfig(dataset="movielens", popular_mix=0.0).mix == 0.0
-
-
-def _small_boot():  # type: ignore[no-untyped-def]
-    stream = generated_stream(users=40, items=80, clusters=3, events=3000, seed=2)
-    history, rest = split(stream, 0.5)
-    arrivals = {r.item_id: r.text for r in history if isinstance(r, ItemArrival)}
-    content = dict(zip(arrivals, fake_encode(list(arrivals.values())), strict=True))
-    events = [r for r in history if isinstance(r, Interaction)]
-    return history, rest, bootstrap(events, content, BootstrapConfig(dim=8, epochs=1))
 
 
 def test_popular_mix_gives_users_with_few_updates_part_of_the_popular_list() -> None:
