@@ -85,7 +85,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         min_count=args.min_count, ttl_seconds=args.ttl_seconds, similarity=args.similarity,
         norm_power=args.norm_power, blend_k=args.blend_k, session_weight=args.session_weight,
-        fold_in=args.fold_in, fold_in_below=args.fold_in_below,
+        fold_in=args.fold_in, fold_in_below=args.fold_in_below, taste_weight=args.taste_weight,
     )  # fmt: skip
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topics=_topics(args),
@@ -236,7 +236,7 @@ def cmd_ps_shard(args: argparse.Namespace) -> int:
 
     train = TrainConfig(
         dim=args.dim, lr=args.lr, optimizer=args.optimizer, min_count=args.min_count,
-        ttl_seconds=args.ttl_seconds, seed=args.seed,
+        ttl_seconds=args.ttl_seconds, seed=args.seed, taste_weight=args.taste_weight,
     )  # fmt: skip
     ps = ParameterServer(train.tables())
     registry = CollectorRegistry()
@@ -521,7 +521,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args, out=Path(args.out), k=args.k, batch_size=args.batch_size, blend_k=args.blend_k,
         session_weight=args.session_weight, als_every=args.als_every,
         als_factors=args.als_factors, validation=args.validation, lr=args.lr,
-        popular_mix=args.popular_mix,
+        popular_mix=args.popular_mix, taste_weight=args.taste_weight,
     ))  # fmt: skip
     return 0
 
@@ -584,6 +584,13 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
                        help="sightings before an id gets a row (admission)")  # fmt: skip
         p.add_argument("--ttl-seconds", type=float, default=None,
                        help="evict rows idle this long in event time (default: never)")  # fmt: skip
+        p.add_argument(
+            "--taste-weight",
+            type=float,
+            default=0.0,
+            help="users get a content taste too, scored against items' content with this "
+            "weight (0: off; served vectors are then 2 * --dim long)",
+        )
 
     k = sub.add_parser("kafka", help="local Apache Kafka broker (KRaft)")
     k.add_argument("action", choices=["install", "up", "down", "status"])
@@ -664,7 +671,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     kafka_args(a)
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8000)
-    a.add_argument("--dim", type=int, default=32)
+    a.add_argument("--dim", type=int, default=32,
+                   help="served vectors' length: the worker's --dim, twice it with "
+                        "--taste-weight (other lengths are skipped and counted)")  # fmt: skip
     a.add_argument("--space", default="ip", choices=["ip", "cosine", "l2"])
     a.add_argument("--save-dir", help="where the replica saves its index (.streambed/api-PORT)")
     a.add_argument("--save-seconds", type=float, default=60.0, help="0: never save")
@@ -797,6 +806,12 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     e.add_argument("--popular-mix", type=float, default=None, metavar="M",
                    help="serve a user with n updates n/(n+M) personal, the rest popular, as "
                         "the API's --popular-mix (default: the dataset's; 0: off)")  # fmt: skip
+    e.add_argument(
+        "--taste-weight",
+        type=float,
+        default=None,
+        help="the online learner's content-taste weight (default: the dataset's)",
+    )
     e.add_argument("--als-every", type=int, default=5000, help="ALS retrains every N events")
     e.add_argument("--als-factors", type=int, default=8)
     e.add_argument(

@@ -93,6 +93,10 @@ def bootstrap_offline(gen: InteractionGenerator, history: list, path: Path) -> N
 
 
 def run_demo(cfg: DemoConfig) -> int:
+    from evaluation.run import DATASET_TRAIN
+    from stream.training import TrainConfig
+
+    train = TrainConfig(**DATASET_TRAIN["generator"])  # the worker's CLI defaults otherwise
     gen = InteractionGenerator(GeneratorConfig(seed=cfg.seed))
     records = list(gen.replay(cfg.events))
     cut = int(len(records) * cfg.history_share)
@@ -102,7 +106,11 @@ def run_demo(cfg: DemoConfig) -> int:
     prefix = f"demo{int(time.time())}-" if cfg.bootstrap else ""
     pipe_cfg = PipelineConfig(
         cfg.state_dir, bootstrap=cfg.bootstrap, topic_prefix=prefix,
-        app_id=f"{prefix}streambed-worker", worker_args=("--init-from", str(boot_path)),
+        app_id=f"{prefix}streambed-worker",
+        # users' content tastes at the generator's validated weight (README, Learning): the
+        # served vectors are then twice --dim long, and the replica must know
+        worker_args=("--init-from", str(boot_path), "--taste-weight", str(train.taste_weight)),
+        api_args=("--dim", str(train.served_dim)),
     )  # fmt: skip
     print("starting Kafka (KRaft), the stream worker and the retrieval API ...")
     with LocalPipeline(pipe_cfg) as pipe, contextlib.ExitStack() as stack:

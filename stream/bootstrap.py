@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from stream.model import CONTENT_DIM, TwoTower, freeze
 from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
 from stream.similarity import Similarity
-from stream.training import ITEMS, USERS, OnlineTrainer
+from stream.training import ITEMS, TASTE, USERS, OnlineTrainer
 
 FORMAT_VERSION = 1
 
@@ -238,6 +238,12 @@ def load_into(trainer: OnlineTrainer, boot: Bootstrapped, *, rows: bool = True) 
         return
     now = boot.last_ts
     trainer.ps.put(USERS, boot.users, boot.user_rows, now=now, updates=boot.user_counts)
+    if trainer.config.taste:  # the bootstrap trained user rows against content too: a user's
+        # taste starts at their served vector, weighing as much as their history's positives
+        with torch.inference_mode():
+            served = trainer.sim.serve_users(trainer.towers.users(torch.from_numpy(boot.user_rows)))
+        taste = served.numpy() * boot.user_counts[:, None]
+        trainer.ps.put(TASTE, boot.users, taste, now=now, updates=boot.user_counts)
     trainer.ps.put(ITEMS, boot.items, boot.item_rows, now=now, updates=boot.item_counts)
     trainer.frequency.add(dict(zip(boot.items, boot.item_counts.tolist(), strict=True)))
     trainer.bootstrapped = True

@@ -33,7 +33,7 @@ False
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,7 @@ from stream.model import TwoTower, freeze
 from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
 from stream.similarity import Similarity, blend_weight
 
-USERS, ITEMS, CONTENT = "users", "items", "content"
+USERS, ITEMS, CONTENT, TASTE = "users", "items", "content", "taste"
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,12 @@ class TrainConfig:
     ``session_weight``: weight of the session skip-gram objective (0: off).
     ``content_init``: an item whose content arrives before it has a row starts its row
     at the content row (with blending on).
+    ``taste_weight``: with blending on, users get a content taste too (the ``taste`` table):
+    the weighted sum of the served content vectors of the items they took, started at their
+    bootstrap vector (the bootstrap trained user rows against content), and serving scores
+    an item by ``a * cos(user, behaviour) + (1 - a) * taste_weight * cos(taste, content)``:
+    served vectors are the two halves side by side (``served_dim`` = 2 * ``dim``;
+    inner-product ranking, so not with ``l2``). 0: off.
     """
 
     dim: int = 32
@@ -92,14 +98,27 @@ class TrainConfig:
     # first burst of events rather than one step from a random row (0: off)
     fold_in: int = 0
     fold_in_below: int = 3
+    taste_weight: float = 0.0
     type_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
 
     def __post_init__(self) -> None:
         if not self.sweep_seconds > 0:
             raise ValueError(f"sweep_seconds must be positive, got {self.sweep_seconds}")
-        if self.blend_k < 0 or self.session_weight < 0:
-            raise ValueError("blend_k and session_weight must be non-negative")
+        if self.blend_k < 0 or self.session_weight < 0 or self.taste_weight < 0:
+            raise ValueError("blend_k, session_weight and taste_weight must be non-negative")
         Similarity(self.similarity, self.norm_power)  # validates both
+        if self.taste and self.similarity == "l2":
+            raise ValueError("taste_weight > 0 scores by inner product: use cosine or dot, not l2")
+
+    @property
+    def taste(self) -> bool:
+        """Whether users have a content-taste row (``taste_weight > 0`` with blending on)."""
+        return self.taste_weight > 0 and self.blend_k > 0
+
+    @property
+    def served_dim(self) -> int:
+        """The length of served user and item vectors (what the index holds)."""
+        return 2 * self.dim if self.taste else self.dim
 
     @property
     def sim(self) -> Similarity:
@@ -119,7 +138,9 @@ class TrainConfig:
     def tables(self) -> list[TableConfig]:
         # content rows are set (put), never trained, never expired
         content = TableConfig(CONTENT, dim=self.dim, optimizer=make_optimizer("sgd", 1.0))
-        return [self.table(USERS), self.table(ITEMS), content]
+        # taste rows are sums (put), never trained; they expire with the users' rows
+        taste = [replace(content, name=TASTE, ttl_seconds=self.ttl_seconds)] if self.taste else []
+        return [self.table(USERS), self.table(ITEMS), content, *taste]
 
 
 @dataclass(frozen=True)
@@ -233,6 +254,8 @@ class OnlineTrainer:
         self.ps.push(ITEMS, candidates, item_rows.grad.numpy(), now=now)
         if cold_users:
             self._fold_in(batch, positive, w, cold_users, candidates, cand_pos, now)
+        if self.config.taste:
+            self._add_taste(batch, w, now)
         n_pos = int(positive.sum())
         return StepStats(
             positives=n_pos,
@@ -302,6 +325,28 @@ class OnlineTrainer:
         logits = logits.masked_fill(mask, float("-inf"))
         ce = F.cross_entropy(logits, labels, reduction="none")
         return (w[positive] * ce).sum()
+
+    def _add_taste(self, batch: list[Interaction], w: torch.Tensor, now: float) -> None:
+        """Add each positive's weight times its item's served content vector to its user's
+        taste row (a user's first one starts the row at zero)."""
+        take = [(e, float(x)) for e, x in zip(batch, w.tolist(), strict=True) if x > 0]
+        items = list(dict.fromkeys(e.item_id for e, _ in take))
+        content, has = self._content(items)
+        at = {i: n for n, i in enumerate(items)}
+        sums: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        for e, x in take:
+            if has[at[e.item_id]]:
+                sums[e.user_id] = sums.get(e.user_id, 0.0) + x * content[at[e.item_id]]
+                counts[e.user_id] = counts.get(e.user_id, 0) + 1
+        if not sums:
+            return
+        users = list(sums)
+        rows, _ = self.ps.pull(TASTE, users)
+        updates, _ = self.ps.meta(TASTE, users)  # the positives a taste row holds
+        added = np.stack([sums[u] for u in users])
+        n = np.maximum(updates, 0) + np.array([counts[u] for u in users])
+        self.ps.put(TASTE, users, rows + added, now=now, updates=n)
 
     def _fold_in(
         self,
@@ -390,22 +435,33 @@ class OnlineTrainer:
         with torch.inference_mode():
             return self.sim.serve_items(self.towers.items(torch.from_numpy(rows))).numpy(), has
 
+    def _item_parts(
+        self, ids: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Behaviour and content vectors, behaviour's weight ``a`` (n, 1), row hit, content hit."""
+        rows, hit = self.ps.pull(ITEMS, ids)
+        behaviour = self.sim.serve_items(self.towers.items(torch.from_numpy(rows))).numpy()
+        if self.config.blend_k <= 0:
+            return behaviour, behaviour, np.ones((len(ids), 1)), hit, np.zeros(len(ids), bool)
+        content, has_content = self._content(ids)
+        a = blend_weight(self.frequency.counts(ids), self.config.blend_k)[:, None]
+        a = np.where(hit[:, None], a, 0.0)  # content only, until the item has a row
+        a = np.where(has_content[:, None], a, 1.0)
+        return behaviour, content, a, hit, has_content
+
     @torch.inference_mode()
     def item_vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Served item vectors (behaviour blended with content) and the hit mask.
 
-        An item is served once it has a row or content; reads create nothing.
+        An item is served once it has a row or content; reads create nothing. With
+        ``taste``: ``[a * behaviour, (1 - a) * taste_weight * content]`` (``served_dim``).
         """
-        rows, hit = self.ps.pull(ITEMS, ids)
-        behaviour = self.sim.serve_items(self.towers.items(torch.from_numpy(rows))).numpy()
-        if self.config.blend_k <= 0:
-            return behaviour, hit
-        content, has_content = self._content(ids)
+        behaviour, content, a, hit, has_content = self._item_parts(ids)
+        if self.config.taste:
+            halves = (a * behaviour, (1.0 - a) * self.config.taste_weight * content)
+            return np.concatenate(halves, axis=1).astype(np.float32), hit | has_content
         if not has_content.any():
             return behaviour, hit
-        a = blend_weight(self.frequency.counts(ids), self.config.blend_k)[:, None]
-        a = np.where(hit[:, None], a, 0.0)  # content only, until the item has a row
-        a = np.where(has_content[:, None], a, 1.0)
         return self._mix(a, behaviour, content), hit | has_content
 
     @torch.inference_mode()
@@ -417,31 +473,49 @@ class OnlineTrainer:
         ``recent``: a user's items in the current session. A user with few updates is
         blended with the mean of those items' vectors (a user with no row at all is
         served that mean); with neither, there is no vector (popularity is the caller's
-        fallback).
+        fallback). With ``taste``: ``[user, taste]``, each half blended with its own
+        session mean (the items' blended vectors; their content vectors).
         """
         rows, hit = self.ps.pull(USERS, ids)
         vectors = self.sim.serve_users(self.towers.users(torch.from_numpy(rows))).numpy()
+        taste = self.config.taste
+        if taste:
+            t_rows, t_hit = self.ps.pull(TASTE, ids)
+            tastes = np.where(t_hit[:, None], _unit(t_rows), vectors)
         if not recent or self.config.blend_k <= 0:
-            return vectors, hit
+            return (np.concatenate([vectors, tastes], axis=1) if taste else vectors), hit
         prior = np.zeros_like(vectors)
+        prior_taste = np.zeros_like(vectors)
         has_prior = np.zeros(len(ids), dtype=bool)
         union = list(dict.fromkeys(i for user in ids for i in recent.get(user, ())))
         if union:  # one pull for every user's session items
-            item_vecs, item_hit = self.item_vectors(union)
+            behaviour, content, a, item_hit, has_content = self._item_parts(union)
+            blended = self._mix(a, behaviour, content)
+            item_hit = item_hit | has_content
             at = {item: n for n, item in enumerate(union)}
             for n, user in enumerate(ids):
                 picked = [at[i] for i in dict.fromkeys(recent.get(user, ())) if item_hit[at[i]]]
                 if picked:
-                    prior[n] = self.sim.serve_users(item_vecs[picked].mean(axis=0))
+                    prior[n] = self.sim.serve_users(blended[picked].mean(axis=0))
+                    with_text = [j for j in picked if has_content[j]]
+                    mean = content[with_text] if with_text else blended[picked]
+                    prior_taste[n] = self.sim.serve_users(mean.mean(axis=0))
                     has_prior[n] = True
         updates, _ = self.ps.meta(USERS, ids)
-        a = blend_weight(np.maximum(updates, 0), self.config.blend_k)[:, None]
-        a = np.where(hit[:, None], a, 0.0)
-        a = np.where(has_prior[:, None], a, 1.0)
-        return self._mix(a, vectors, prior), hit | has_prior
+        a_user = blend_weight(np.maximum(updates, 0), self.config.blend_k)[:, None]
+        a_user = np.where(hit[:, None], a_user, 0.0)
+        a_user = np.where(has_prior[:, None], a_user, 1.0)
+        served = self._mix(a_user, vectors, prior)
+        if taste:
+            served = np.concatenate([served, _unit(self._mix(a_user, tastes, prior_taste))], axis=1)
+        return served, hit | has_prior
 
     def _mix(self, a: np.ndarray, behaviour: np.ndarray, prior: np.ndarray) -> np.ndarray:
         out = (a * behaviour + (1.0 - a) * prior).astype(np.float32)
         if self.sim.kind == "cosine":  # a blend of unit vectors is shorter: serve it unit again
             out = self.sim.serve_items(out)  # (under cosine both sides are served unit)
         return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)

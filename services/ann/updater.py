@@ -257,7 +257,9 @@ class VectorTailer(threading.Thread):
             ):
                 # a foreign or mis-configured writer (e.g. another --dim) must not stop the replica
                 self.metrics.bad_vectors.inc()
-                log.warning("skipped a bad vector record at %s offset %s", topic, rec.offset)
+                shape = None if vector is None else vector.vector.shape
+                log.warning("skipped a bad vector record at %s offset %s (shape %s, this "
+                            "replica's --dim %d)", topic, rec.offset, shape, dim)  # fmt: skip
                 continue
             decoded.append(vector)
         if not decoded:

@@ -1,4 +1,8 @@
-"""Cold start on the real broker: a worker started from a bootstrap serves new items at once."""
+"""Cold start on the real broker: a worker started from a bootstrap serves new items at once.
+
+The worker runs with users' content tastes on (``--taste-weight``), so served vectors are
+twice ``--dim`` long and the replica is told so (``--dim 64``).
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ def booted(
     tag = uuid.uuid4().hex[:8]
     config = PipelineConfig(
         tmp_path_factory.mktemp("cold"), bootstrap=kafka_bootstrap, topic_prefix=f"c{tag}-",
-        app_id=f"cold-{tag}", partitions=1, worker_args=("--init-from", str(boot[1])),
+        app_id=f"cold-{tag}", partitions=1, api_args=("--dim", "64"),
+        worker_args=("--init-from", str(boot[1]), "--taste-weight", "0.5"),
     )  # fmt: skip
     with LocalPipeline(config) as pipe:
         yield pipe
@@ -78,3 +83,23 @@ def test_a_new_item_is_retrievable_once_its_content_arrives(booted: LocalPipelin
     dead = 'streambed_worker_dead_letters_total{reason="missing_content"}'
     assert wait_for(lambda: booted.worker_metric(dead) >= 1, 10)
     assert similar(booted, "no-content") is None
+
+
+def test_a_new_user_who_takes_a_new_item_gets_personal_recommendations(
+    booted: LocalPipeline,
+) -> None:
+    with EventProducer(booted.bootstrap, booted.config.topics) as producer:
+        producer.send_item("taste-lp", {"title": "modal jazz vinyl", "tags": ["bebop"]})
+        producer.flush()
+        assert wait_for(lambda: similar(booted, "taste-lp"), 60)
+        producer.send({"event_id": "taste-1", "user_id": "taste-user", "item_id": "taste-lp",
+                       "type": "purchase", "ts": time.time()})  # fmt: skip
+        producer.flush()
+
+    def personal() -> Any:
+        got = booted.get("/recommendations/taste-user?k=5")
+        return got if got["strategy"] != "popular" else None
+
+    got = wait_for(personal, 60)
+    assert got and len(got["items"]) == 5, f"see {booted.log_path('worker')}"
+    assert booted.get("/stats")["users"] >= 1

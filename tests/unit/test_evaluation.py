@@ -200,7 +200,10 @@ def test_run_writes_the_table_and_plots(tmp_path: Path) -> None:
 
 
 def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
-    assert RunConfig().train() == TrainConfig(seed=0)  # the generator's are the worker's
+    # the generator's are the worker's defaults but for its content taste (two flags: the
+    # worker's --taste-weight and the replica's --dim must agree, so the worker's is off)
+    assert RunConfig().train() == TrainConfig(seed=0, **DATASET_TRAIN["generator"])
+    assert RunConfig(taste_weight=0.0).train() == TrainConfig(seed=0)
     movielens = RunConfig(dataset="movielens").train()
     assert movielens.lr == DATASET_LR["movielens"]
     assert all(getattr(movielens, k) == v for k, v in DATASET_TRAIN["movielens"].items())

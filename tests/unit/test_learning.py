@@ -13,7 +13,7 @@ from stream.bootstrap import BootstrapConfig, Bootstrapped, bootstrap, load_into
 from stream.model import TwoTower
 from stream.schemas import Interaction
 from stream.similarity import Similarity, blend_weight, interleave
-from stream.training import CONTENT, ITEMS, USERS, OnlineTrainer, TrainConfig
+from stream.training import CONTENT, ITEMS, TASTE, USERS, OnlineTrainer, TrainConfig
 
 
 def clicks(n: int, users: int = 6, items: int = 6, offset: int = 0) -> list[Interaction]:
@@ -318,3 +318,106 @@ def test_a_restarted_worker_knows_its_rows_came_from_the_bootstrap(boot: Bootstr
         again.trainer.ps.pull(ITEMS, boot.items)[0], core.trainer.ps.pull(ITEMS, boot.items)[0]
     )
     assert again.trainer.frequency.counts(["i1"]) == core.trainer.frequency.counts(["i1"])
+
+
+def taste_pair() -> tuple[OnlineTrainer, OnlineTrainer]:
+    """Two trainers over the same content: one with a content-taste table, one without."""
+    pair = []
+    for weight in (0.0, 0.7):
+        t = content_trainer(content_init=False, taste_weight=weight, session_weight=0.0)
+        t.add_content([f"i{k}" for k in range(6)], text_of(6), now=0.0)
+        pair.append(t)
+    return pair[0], pair[1]
+
+
+def test_taste_rows_sum_the_content_users_took_and_leave_the_other_tables_alone() -> None:
+    plain, taste = taste_pair()
+    assert TASTE not in {t.name for t in plain.config.tables()}
+    batches = [clicks(12, offset=12 * n) for n in range(3)]
+    skip = Interaction("s", "u0", "i3", "skip", 50.0)  # a skip adds nothing to a taste
+    bare = Interaction("b", "u0", "no-text", "click", 51.0)  # nor an item without content
+    for batch in [*batches, [skip, bare]]:
+        plain.apply(batch)
+        taste.apply(batch)
+    users, items = [f"u{k}" for k in range(6)], [f"i{k}" for k in range(6)]
+    for table, ids in ((USERS, users), (ITEMS, items), (CONTENT, items)):
+        np.testing.assert_array_equal(taste.ps.pull(table, ids)[0], plain.ps.pull(table, ids)[0])
+    rows, hit = taste.ps.pull(TASTE, users)
+    content, _ = taste._content(items)
+    assert hit.all()
+    np.testing.assert_allclose(rows, 6 * content, rtol=1e-5)  # u_k clicked i_k six times
+    assert taste.ps.meta(TASTE, users)[0].tolist() == [6] * 6
+
+
+def test_taste_serves_the_two_halves_side_by_side() -> None:
+    _, taste = taste_pair()
+    assert taste.config.served_dim == 16
+    taste.add_content(["bare"], text_of(1, seed=9), now=0.0)
+    for n in range(3):
+        taste.apply(clicks(12, offset=12 * n))
+    taste.apply([Interaction("x", "u0", "norow", "click", 99.0)])  # behaviour, no content
+    ids = ["i0", "bare", "norow"]
+    served, hit = taste.item_vectors(ids)
+    assert served.shape == (3, 16) and hit.all()
+    behaviour, content, a, _, _ = taste._item_parts(ids)
+    user, _ = taste.user_vectors(["u0"])
+    u_rows, t_row = taste.ps.pull(USERS, ["u0"])[0], taste.ps.pull(TASTE, ["u0"])[0][0]
+    u = taste.sim.serve_users(taste.towers.users(torch.from_numpy(u_rows))).numpy()[0]
+    t = t_row / np.linalg.norm(t_row)
+    g = taste.config.taste_weight
+    expected = a[:, 0] * (behaviour @ u) + (1 - a[:, 0]) * g * (content @ t)
+    np.testing.assert_allclose(served @ user[0], expected, atol=1e-5)
+    assert a[1, 0] == 0.0 and a[2, 0] == 1.0  # no row: content alone; no content: behaviour
+    assert 0 < a[0, 0] < 1
+
+
+def test_a_new_users_taste_half_is_their_session_content() -> None:
+    _, taste = taste_pair()
+    vec, hit = taste.user_vectors(["stranger"], {"stranger": ["i1", "i2"]})
+    content, _ = taste._content(["i1", "i2"])
+    assert hit.tolist() == [True]
+    np.testing.assert_allclose(vec[0, 8:], taste.sim.serve_users(content.mean(axis=0)),
+                               atol=1e-6)  # fmt: skip
+
+
+def test_load_into_starts_tastes_at_the_bootstrap_user_vectors(boot: Bootstrapped) -> None:
+    trainer = content_trainer(taste_weight=0.5)
+    load_into(trainer, boot)
+    served = trainer.sim.serve_users(trainer.towers.users(torch.from_numpy(boot.user_rows)))
+    expected = served.numpy() * boot.user_counts[:, None]  # as heavy as the user's history
+    np.testing.assert_allclose(trainer.ps.pull(TASTE, boot.users)[0], expected, rtol=1e-5)
+    assert trainer.ps.meta(TASTE, boot.users)[0].tolist() == boot.user_counts.tolist()
+    vectors, _ = trainer.user_vectors(boot.users)
+    np.testing.assert_allclose(vectors[:, :8], vectors[:, 8:], atol=1e-5)  # one place to start
+
+
+def test_taste_needs_an_inner_product_and_blending() -> None:
+    with pytest.raises(ValueError, match="l2"):
+        TrainConfig(taste_weight=0.5, similarity="l2")
+    off = TrainConfig(dim=8, taste_weight=0.5, blend_k=0.0)  # no blending: no content at all
+    assert not off.taste and off.served_dim == 8
+    with pytest.raises(ValueError, match="non-negative"):
+        TrainConfig(taste_weight=-1.0)
+
+
+def test_taste_rows_survive_a_checkpoint_and_restore(boot: Bootstrapped) -> None:
+    from paramserver.stores.memory import MemoryStore
+    from stream.checkpoint import checkpoint_writes, restore
+    from stream.core import RawRecord, WorkerCore
+
+    core = WorkerCore(content_trainer(taste_weight=0.5))
+    load_into(core.trainer, boot)
+    core.trainer.add_content(["i1"], text_of(1, seed=4), now=1.0)
+    event = b'{"event_id":"e1","user_id":"newbie","item_id":"i1","type":"click","ts": 9000}'
+    core.process([RawRecord(event, 1000, partition=0, offset=0)])
+    store = MemoryStore()
+    store.commit(checkpoint_writes(core, "interactions"))
+    again = WorkerCore(content_trainer(taste_weight=0.5))
+    load_into(again.trainer, boot, rows=False)
+    restore(again, store, "interactions")
+    ids = [*boot.users, "newbie"]
+    rows, hit = again.trainer.ps.pull(TASTE, ids)
+    assert hit.all()
+    np.testing.assert_array_equal(rows, core.trainer.ps.pull(TASTE, ids)[0])
+    np.testing.assert_array_equal(again.trainer.user_vectors(ids)[0],
+                                  core.trainer.user_vectors(ids)[0])  # fmt: skip
