@@ -86,6 +86,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         min_count=args.min_count, ttl_seconds=args.ttl_seconds, similarity=args.similarity,
         norm_power=args.norm_power, blend_k=args.blend_k, session_weight=args.session_weight,
         fold_in=args.fold_in, fold_in_below=args.fold_in_below, taste_weight=args.taste_weight,
+        taste_decay=args.taste_decay,
     )  # fmt: skip
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topics=_topics(args),
@@ -522,6 +523,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         session_weight=args.session_weight, als_every=args.als_every,
         als_factors=args.als_factors, validation=args.validation, lr=args.lr,
         popular_mix=args.popular_mix, taste_weight=args.taste_weight,
+        taste_decay=args.taste_decay,
     ))  # fmt: skip
     return 0
 
@@ -651,6 +653,12 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
                    help="a user with fewer updates than this is folded in")  # fmt: skip
     w.add_argument("--session-weight", type=float, default=0.5,
                    help="weight of the session skip-gram objective (0: off)")  # fmt: skip
+    w.add_argument(
+        "--taste-decay",
+        type=float,
+        default=1.0,
+        help="a user's content taste is multiplied by this per new positive (1: a plain sum)",
+    )
     w.add_argument("--torch-threads", type=int, default=1)
     w.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="plain asyncio loop")
     w.add_argument("--host", default="127.0.0.1", help="address of the /metrics endpoint")
@@ -811,6 +819,12 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
         type=float,
         default=None,
         help="the online learner's content-taste weight (default: the dataset's)",
+    )
+    e.add_argument(
+        "--taste-decay",
+        type=float,
+        default=None,
+        help="the online learner's content-taste decay per positive (default: the dataset's)",
     )
     e.add_argument("--als-every", type=int, default=5000, help="ALS retrains every N events")
     e.add_argument("--als-factors", type=int, default=8)

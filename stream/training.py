@@ -66,7 +66,8 @@ class TrainConfig:
     bootstrap vector (the bootstrap trained user rows against content), and serving scores
     an item by ``a * cos(user, behaviour) + (1 - a) * taste_weight * cos(taste, content)``:
     served vectors are the two halves side by side (``served_dim`` = 2 * ``dim``;
-    inner-product ranking, so not with ``l2``). 0: off.
+    inner-product ranking, so not with ``l2``). 0: off. ``taste_decay``: a taste row is
+    multiplied by it for each new positive, so the latest items weigh most (1: a plain sum).
     """
 
     dim: int = 32
@@ -99,6 +100,7 @@ class TrainConfig:
     fold_in: int = 0
     fold_in_below: int = 3
     taste_weight: float = 0.0
+    taste_decay: float = 1.0
     type_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
 
     def __post_init__(self) -> None:
@@ -107,6 +109,8 @@ class TrainConfig:
         if self.blend_k < 0 or self.session_weight < 0 or self.taste_weight < 0:
             raise ValueError("blend_k, session_weight and taste_weight must be non-negative")
         Similarity(self.similarity, self.norm_power)  # validates both
+        if not 0.0 < self.taste_decay <= 1.0:
+            raise ValueError(f"taste_decay must be in (0, 1], got {self.taste_decay}")
         if self.taste and self.similarity == "l2":
             raise ValueError("taste_weight > 0 scores by inner product: use cosine or dot, not l2")
 
@@ -328,7 +332,8 @@ class OnlineTrainer:
 
     def _add_taste(self, batch: list[Interaction], w: torch.Tensor, now: float) -> None:
         """Add each positive's weight times its item's served content vector to its user's
-        taste row (a user's first one starts the row at zero)."""
+        taste row (a user's first one starts the row at zero), the row first decayed by
+        ``taste_decay`` per new positive."""
         take = [(e, float(x)) for e, x in zip(batch, w.tolist(), strict=True) if x > 0]
         items = list(dict.fromkeys(e.item_id for e, _ in take))
         content, has = self._content(items)
@@ -345,7 +350,9 @@ class OnlineTrainer:
         rows, _ = self.ps.pull(TASTE, users)
         updates, _ = self.ps.meta(TASTE, users)  # the positives a taste row holds
         added = np.stack([sums[u] for u in users])
-        n = np.maximum(updates, 0) + np.array([counts[u] for u in users])
+        new = np.array([counts[u] for u in users])
+        n = np.maximum(updates, 0) + new
+        rows = rows * (self.config.taste_decay**new)[:, None]
         self.ps.put(TASTE, users, rows + added, now=now, updates=n)
 
     def _fold_in(

@@ -421,3 +421,16 @@ def test_taste_rows_survive_a_checkpoint_and_restore(boot: Bootstrapped) -> None
     np.testing.assert_array_equal(rows, core.trainer.ps.pull(TASTE, ids)[0])
     np.testing.assert_array_equal(again.trainer.user_vectors(ids)[0],
                                   core.trainer.user_vectors(ids)[0])  # fmt: skip
+
+
+def test_taste_decay_lets_the_latest_items_weigh_most() -> None:
+    trainer = content_trainer(content_init=False, taste_weight=0.5, taste_decay=0.5)
+    trainer.add_content(["old", "new"], text_of(2), now=0.0)
+    content, _ = trainer._content(["old", "new"])
+    trainer.apply([Interaction("e0", "u", "old", "click", 1.0)])
+    trainer.apply([Interaction("e1", "u", "new", "click", 2.0),
+                   Interaction("e2", "u", "new", "click", 3.0)])  # fmt: skip
+    row = trainer.ps.pull(TASTE, ["u"])[0][0]
+    np.testing.assert_allclose(row, 0.25 * content[0] + 2 * content[1], rtol=1e-5)
+    with pytest.raises(ValueError, match="taste_decay"):
+        TrainConfig(taste_decay=0.0)
