@@ -173,6 +173,14 @@ class OnlineTrainer:
     def __init__(self, ps: ParamServerAPI, towers: TwoTower, config: TrainConfig) -> None:
         if ps.dim(USERS) != towers.dim or ps.dim(ITEMS) != towers.dim:
             raise ValueError("table and tower dimensions differ")
+        if config.taste:
+            try:
+                taste_dim = ps.dim(TASTE)
+            except KeyError:
+                raise ValueError("taste_weight > 0 needs a 'taste' table: start the PS shards "
+                                 "with the worker's --taste-weight") from None  # fmt: skip
+            if taste_dim != towers.dim:
+                raise ValueError("table and tower dimensions differ")
         self.ps = ps
         self.towers = freeze(towers)
         self.config = config

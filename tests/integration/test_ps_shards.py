@@ -23,7 +23,8 @@ from services.local import metric_sum
 from services.producer import EventProducer
 from stream.schemas import Interaction
 from stream.topics import Topics
-from stream.training import TrainConfig
+from stream.model import TwoTower
+from stream.training import OnlineTrainer, TrainConfig
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +125,8 @@ def test_bad_requests_get_clear_errors_and_leave_the_tables_alone(shards: list[S
             remote.pull("items", ["a", 7])  # type: ignore[list-item]
         with pytest.raises(KeyError, match="no table"):
             remote.pull("nope", ["a"])
+        with pytest.raises(ValueError, match="--taste-weight"):  # shards without the taste table
+            OnlineTrainer(remote, TwoTower.create(8), TrainConfig(dim=8, taste_weight=0.5))
         with pytest.raises(KeyError, match="admit them first"):
             remote.push("items", ["zzz"], np.ones((1, 8), dtype=np.float32), now=1)
         channel = grpc.insecure_channel(shards[0].address)

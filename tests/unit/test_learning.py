@@ -434,3 +434,10 @@ def test_taste_decay_lets_the_latest_items_weigh_most() -> None:
     np.testing.assert_allclose(row, 0.25 * content[0] + 2 * content[1], rtol=1e-5)
     with pytest.raises(ValueError, match="taste_decay"):
         TrainConfig(taste_decay=0.0)
+
+
+def test_a_taste_trainer_refuses_a_ps_without_the_taste_table() -> None:
+    plain = TrainConfig(dim=8)
+    with pytest.raises(ValueError, match="--taste-weight"):
+        OnlineTrainer(ParameterServer(plain.tables()), TwoTower.create(8),
+                      TrainConfig(dim=8, taste_weight=0.5))  # fmt: skip
