@@ -21,9 +21,9 @@ from services.kafka.broker import free_port
 from services.kafka.topics import ensure_topics
 from services.local import metric_sum
 from services.producer import EventProducer
+from stream.model import TwoTower
 from stream.schemas import Interaction
 from stream.topics import Topics
-from stream.model import TwoTower
 from stream.training import OnlineTrainer, TrainConfig
 
 pytestmark = pytest.mark.integration
