@@ -65,11 +65,11 @@ class Similarity:
         return "l2" if self.kind == "l2" else "ip"
 
     def serve_users(self, u: A) -> A:
-        return _normalize(u) if self.kind == "cosine" else u
+        return unit(u) if self.kind == "cosine" else u
 
     def serve_items(self, v: A) -> A:
         if self.kind == "cosine":
-            return _normalize(v)
+            return unit(v)
         if self.kind == "dot" and self.norm_power != 1.0:
             norm = _norm(v)
             return v * (norm + 1e-12) ** (self.norm_power - 1.0)
@@ -124,7 +124,8 @@ def _norm(x: A) -> A:
     return np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _normalize(x: A) -> A:
+def unit(x: A) -> A:
+    """Each row scaled to length 1 (a zero row stays zero)."""
     if isinstance(x, torch.Tensor):
         return F.normalize(x, dim=-1)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -46,7 +46,7 @@ from paramserver.ps import ParameterServer, ParamServerAPI
 from stream.frequency import ItemFrequency
 from stream.model import TwoTower, freeze
 from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
-from stream.similarity import Similarity, blend_weight
+from stream.similarity import Similarity, blend_weight, unit
 
 USERS, ITEMS, CONTENT, TASTE = "users", "items", "content", "taste"
 
@@ -459,6 +459,8 @@ class OnlineTrainer:
         if self.config.blend_k <= 0:
             return behaviour, behaviour, np.ones((len(ids), 1)), hit, np.zeros(len(ids), bool)
         content, has_content = self._content(ids)
+        if not has_content.any():  # behaviour alone: no blend weights to count
+            return behaviour, content, np.ones((len(ids), 1)), hit, has_content
         a = blend_weight(self.frequency.counts(ids), self.config.blend_k)[:, None]
         a = np.where(hit[:, None], a, 0.0)  # content only, until the item has a row
         a = np.where(has_content[:, None], a, 1.0)
@@ -496,7 +498,7 @@ class OnlineTrainer:
         taste = self.config.taste
         if taste:
             t_rows, t_hit = self.ps.pull(TASTE, ids)
-            tastes = np.where(t_hit[:, None], _unit(t_rows), vectors)
+            tastes = np.where(t_hit[:, None], unit(t_rows), vectors)
         if not recent or self.config.blend_k <= 0:
             return (np.concatenate([vectors, tastes], axis=1) if taste else vectors), hit
         prior = np.zeros_like(vectors)
@@ -512,17 +514,18 @@ class OnlineTrainer:
                 picked = [at[i] for i in dict.fromkeys(recent.get(user, ())) if item_hit[at[i]]]
                 if picked:
                     prior[n] = self.sim.serve_users(blended[picked].mean(axis=0))
-                    with_text = [j for j in picked if has_content[j]]
-                    mean = content[with_text] if with_text else blended[picked]
-                    prior_taste[n] = self.sim.serve_users(mean.mean(axis=0))
                     has_prior[n] = True
+                    if taste:
+                        with_text = [j for j in picked if has_content[j]]
+                        mean = content[with_text] if with_text else blended[picked]
+                        prior_taste[n] = self.sim.serve_users(mean.mean(axis=0))
         updates, _ = self.ps.meta(USERS, ids)
         a_user = blend_weight(np.maximum(updates, 0), self.config.blend_k)[:, None]
         a_user = np.where(hit[:, None], a_user, 0.0)
         a_user = np.where(has_prior[:, None], a_user, 1.0)
         served = self._mix(a_user, vectors, prior)
         if taste:
-            served = np.concatenate([served, _unit(self._mix(a_user, tastes, prior_taste))], axis=1)
+            served = np.concatenate([served, unit(self._mix(a_user, tastes, prior_taste))], axis=1)
         return served, hit | has_prior
 
     def _mix(self, a: np.ndarray, behaviour: np.ndarray, prior: np.ndarray) -> np.ndarray:
@@ -530,7 +533,3 @@ class OnlineTrainer:
         if self.sim.kind == "cosine":  # a blend of unit vectors is shorter: serve it unit again
             out = self.sim.serve_items(out)  # (under cosine both sides are served unit)
         return out
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
