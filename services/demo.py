@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -68,8 +69,27 @@ def theme_share(gen: InteractionGenerator, items: list[dict], cluster: int) -> f
     return sum(gen.cluster_of(i["item_id"]) == cluster for i in items) / max(1, len(items))
 
 
+# what a demo run leaves in its state directory besides the bootstrap: the local broker's
+# log, the worker's RocksDB checkpoint (with its exactly-once record of event ids) and the
+# replica's save
+RUN_STATE = ("kafka", "worker", "api")
+
+
+def fresh_state(state_dir: Path) -> list[Path]:
+    """Remove an earlier demo run's broker, worker and replica state; returns what went.
+
+    The demo's event ids repeat from run to run (a seeded generator, fixed live-round ids),
+    so a worker resumed from the last run's checkpoint would drop them all as duplicates
+    and nothing would move. The bootstrap file is kept.
+    """
+    gone = [state_dir / name for name in RUN_STATE if (state_dir / name).exists()]
+    for path in gone:
+        shutil.rmtree(path)
+    return gone
+
+
 def bootstrap_offline(gen: InteractionGenerator, history: list, path: Path) -> None:
-    """Train and save the bootstrap (kept: a second demo run reuses it with its checkpoint)."""
+    """Train and save the bootstrap (kept: a second demo run reuses it)."""
     if path.exists():
         print(f"using the bootstrap in {path}")
         return
@@ -102,6 +122,8 @@ def run_demo(cfg: DemoConfig) -> int:
     cut = int(len(records) * cfg.history_share)
     boot_path = cfg.state_dir / "bootstrap.pt"
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    if gone := fresh_state(cfg.state_dir):
+        print(f"cleared the last run's {', '.join(p.name for p in gone)} in {cfg.state_dir}")
     bootstrap_offline(gen, records[:cut], boot_path)
     prefix = f"demo{int(time.time())}-" if cfg.bootstrap else ""
     pipe_cfg = PipelineConfig(
