@@ -67,7 +67,9 @@ def initial_rows(keys: np.ndarray, dim: int, scale: float, seed: int = 0) -> np.
     """
     keys = np.asarray(keys, dtype=np.uint64)
     cols = np.arange(dim, dtype=np.uint64)
-    base = _splitmix(keys ^ (np.uint64(seed) * _GOLDEN))
+    with np.errstate(over="ignore"):  # the hash wraps modulo 2**64 by design
+        salt = np.uint64(seed) * _GOLDEN
+    base = _splitmix(keys ^ salt)
     bits = _splitmix(base[:, None] + (cols[None, :] + np.uint64(1)) * _GOLDEN)
     u1 = ((bits >> np.uint64(40)).astype(np.float64) + 0.5) / float(1 << 24)
     u2 = ((bits & np.uint64(0xFFFFFF)).astype(np.float64)) / float(1 << 24)
