@@ -8,6 +8,10 @@ event; NDCG@k counts where). Only then does each model learn from the batch.
 Items become candidates when their content arrives; each target also records
 how many positive events its item had before, for the cold-start curve.
 
+Two models are compared on the same targets by :meth:`EvalResult.paired`: the targets
+only one of them hits, and an exact McNemar test of whether that split could be a coin's,
+so a table says which gaps the stream can tell apart from noise.
+
 Examples
 --------
 >>> from stream.schemas import Interaction
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from scipy.stats import binom
 
 from evaluation.data import ItemArrival, Record
 from stream.schemas import Interaction, training_weight
@@ -85,9 +90,9 @@ class EvalResult:
     item_count: list[int] = field(default_factory=list)
     rank: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
 
-    def _arrays(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def _arrays(self, name: str, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         rank = np.array(self.rank[name])
-        hit = (rank >= 0) & (rank < self.k)
+        hit = (rank >= 0) & (rank < (self.k if k is None else k))
         ndcg = np.where(hit, 1.0 / np.log2(np.maximum(rank, 0) + 2.0), 0.0)
         return hit, ndcg
 
@@ -132,6 +137,35 @@ class EvalResult:
                 })  # fmt: skip
             out[name] = rows
         return out
+
+    def paired(
+        self, a: str, b: str, *, below: int | None = None, k: int | None = None
+    ) -> dict[str, Any]:
+        """Model ``a`` against ``b`` on the same targets (``below``: only targets whose item
+        had fewer earlier positives; ``k``: hits within another cut-off, up to ``depth``):
+        ``wins`` (a hits, b misses), ``losses`` (the other way), the recall difference, and
+        ``p``, the exact two-sided McNemar test of a 50/50 split of the discordant targets
+        (1.0 when there are none).
+
+        >>> r = EvalResult(k=1, models=["a", "b"], item_count=[0, 0, 9, 9])
+        >>> r.rank.update(a=[0, 0, 0, -1], b=[-1, -1, 0, 0])
+        >>> r.paired("a", "b")
+        {'wins': 2, 'losses': 1, 'diff': 0.25, 'targets': 4, 'p': 1.0}
+        >>> r.paired("a", "b", below=5)["wins"], round(r.paired("a", "b", below=5)["p"], 2)
+        (2, 0.5)
+        >>> r.rank.update(b=[-1, 1, 0, 0])                      # rank 1: a hit only at k >= 2
+        >>> r.paired("a", "b")["wins"], r.paired("a", "b", k=2)["wins"]
+        (2, 1)
+        """
+        hit_a, hit_b = (self._arrays(name, k)[0] for name in (a, b))
+        if below is not None:
+            sel = np.array(self.item_count, dtype=np.int64) < below
+            hit_a, hit_b = hit_a[sel], hit_b[sel]
+        wins = int((hit_a & ~hit_b).sum())
+        losses = int((hit_b & ~hit_a).sum())
+        diff = (wins - losses) / hit_a.size if hit_a.size else math.nan
+        return {"wins": wins, "losses": losses, "diff": diff, "targets": int(hit_a.size),
+                "p": mcnemar_p(wins, losses)}  # fmt: skip
 
     def over_time(self, window: int) -> dict[str, np.ndarray]:
         """Rolling recall@k over the last ``window`` targets, per model."""
@@ -235,6 +269,17 @@ def prequential(
     if progress is not None:
         progress(consumed)
     return result
+
+
+def mcnemar_p(wins: int, losses: int) -> float:
+    """The exact two-sided McNemar p: how likely a split of ``wins + losses`` discordant
+    targets at least this uneven is, were each a fair coin (1.0 with none).
+
+    >>> mcnemar_p(10, 2), mcnemar_p(3, 3), mcnemar_p(0, 0)
+    (0.03857421875, 1.0, 1.0)
+    """
+    n = wins + losses
+    return 1.0 if n == 0 else min(1.0, 2.0 * float(binom.cdf(min(wins, losses), n, 0.5)))
 
 
 def top_k(scores: np.ndarray, ids: Sequence[str], k: int) -> list[list[str]]:

@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from evaluation.prequential import MID_DEPTH, EvalResult
+from evaluation.prequential import MID_DEPTH, EvalResult, mcnemar_p
+
+COLD_BELOW = 5  # the cold-start bar: items with fewer earlier positives
 
 
 def table(result: EvalResult, meta: dict[str, Any]) -> str:
@@ -36,8 +38,98 @@ def table(result: EvalResult, meta: dict[str, Any]) -> str:
         cells = [f"{_fmt(cold[n][b]['recall_50'])} / {_fmt(cold[n][b]['recall_deep'])} / "
                  f"{_fmt(cold[n][b]['median_rank'], 0)}" for n in names]  # fmt: skip
         lines.append(f"| {bucket['bucket']} | " + " | ".join(cells) + " |")
+    first = names[0]
+    lines += ["", f"Paired with {first!r} on the same targets: targets only {first!r} hits / "
+              "only the other hits, the recall difference, and the exact McNemar p (small: "
+              f"the gap is not a coin's); all targets at @{k}, and items with < "
+              f"{COLD_BELOW} earlier positives at @{k} and @{MID_DEPTH}:", ""]  # fmt: skip
+    lines.append(f"| against {first} | only {first} / only it | diff | p | cold @{k} | p | "
+                 f"cold @{MID_DEPTH} | p |")  # fmt: skip
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for name, pair in paired(result).items():
+        cells = [f"{pair['all']['wins']} / {pair['all']['losses']}",
+                 f"{pair['all']['diff']:+.4f}", _p(pair["all"]["p"])]  # fmt: skip
+        for part in ("cold", "cold_mid"):
+            cells += [f"{pair[part]['wins']} / {pair[part]['losses']}", _p(pair[part]["p"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     header = ", ".join(f"{key}={value}" for key, value in meta.items())
     return f"{header}\n\n" + "\n".join(lines) + "\n"
+
+
+def paired(result: EvalResult) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every other model against the first (the online learner): all targets, and cold ones
+    at ``k`` and at ``MID_DEPTH``."""
+    first, *others = result.models
+    return {name: {"all": result.paired(first, name),
+                   "cold": result.paired(first, name, below=COLD_BELOW),
+                   "cold_mid": result.paired(first, name, below=COLD_BELOW, k=MID_DEPTH)}
+            for name in others}  # fmt: skip
+
+
+def pool(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Several runs (by seed; each ``{"summary", "paired"}`` as :func:`write` saves them) in
+    one: per model the recall@k of each seed, their mean and range; per contender the
+    paired counts summed over seeds (targets of different seeds are independent) and the
+    McNemar p of the sums.
+
+    >>> one = {"summary": {"a": {"recall": 0.5}, "b": {"recall": 0.4}},
+    ...        "paired": {"b": {"all": {"wins": 6, "losses": 1, "targets": 10}}}}
+    >>> two = {"summary": {"a": {"recall": 0.3}, "b": {"recall": 0.3}},
+    ...        "paired": {"b": {"all": {"wins": 4, "losses": 1, "targets": 10}}}}
+    >>> pooled = pool({0: one, 1: two})
+    >>> pooled["recall"]["a"]["mean"], pooled["paired"]["b"]["all"]["wins"]
+    (0.4, 10)
+    >>> round(pooled["paired"]["b"]["all"]["p"], 4), pooled["paired"]["b"]["all"]["diff"]
+    (0.0386, 0.4)
+    """
+    seeds = sorted(runs)
+    models = list(runs[seeds[0]]["summary"])
+    recall: dict[str, dict[str, Any]] = {}
+    for name in models:
+        values = [float(runs[s]["summary"][name]["recall"]) for s in seeds]
+        recall[name] = {"seeds": values, "mean": sum(values) / len(values),
+                        "min": min(values), "max": max(values)}  # fmt: skip
+    paired_: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, parts in runs[seeds[0]]["paired"].items():
+        paired_[name] = {}
+        for part in parts:
+            wins = sum(int(runs[s]["paired"][name][part]["wins"]) for s in seeds)
+            losses = sum(int(runs[s]["paired"][name][part]["losses"]) for s in seeds)
+            targets = sum(int(runs[s]["paired"][name][part]["targets"]) for s in seeds)
+            paired_[name][part] = {"wins": wins, "losses": losses, "targets": targets,
+                                   "diff": (wins - losses) / targets if targets else math.nan,
+                                   "p": mcnemar_p(wins, losses)}  # fmt: skip
+    return {"seeds": seeds, "recall": recall, "paired": paired_}
+
+
+def pooled_table(pooled: dict[str, Any], k: int) -> str:
+    seeds = pooled["seeds"]
+    lines = [f"{len(seeds)} runs, seeds {', '.join(map(str, seeds))}: recall@{k} per seed",
+             "", "| model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | range |",
+             "|---|" + "---|" * (len(seeds) + 2)]  # fmt: skip
+    for name, row in pooled["recall"].items():
+        cells = [f"{v:.4f}" for v in row["seeds"]]
+        lines.append(f"| {name} | " + " | ".join(cells) +
+                     f" | {row['mean']:.4f} | {row['min']:.4f}-{row['max']:.4f} |")  # fmt: skip
+    first = next(iter(pooled["recall"]))
+    parts: dict[str, Any] = next(iter(pooled["paired"].values()), {})
+    label = {"all": f"all @{k}", "cold": f"< {COLD_BELOW} @{k}",
+             "cold_mid": f"< {COLD_BELOW} @{MID_DEPTH}"}  # fmt: skip
+    lines += ["", f"Paired with {first!r}, summed over the seeds: targets only {first!r} hits "
+              f"/ only the other hits (all targets; items with < {COLD_BELOW} earlier "
+              "positives), and the McNemar p of the sums:", "",
+              "| against " + first + " | " +
+              " | ".join(f"{label.get(part, part)} | p" for part in parts) + " |",
+              "|---|" + "---|---|" * len(parts)]  # fmt: skip
+    for name, row in pooled["paired"].items():
+        cells = [f"{row[part]['wins']} / {row[part]['losses']} | {_p(row[part]['p'])}"
+                 for part in parts]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 0.001 else "<0.001"
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -55,7 +147,7 @@ def write(result: EvalResult, meta: dict[str, Any], out: Path, window: int = 2_0
     paths = [out / "results.json", out / "table.md", out / "recall_over_time.png",
              out / "cold_start.png"]  # fmt: skip
     body = {"meta": meta, "k": result.k, "summary": result.summary(),
-            "cold_start": result.cold_start(cold_total=True)}  # fmt: skip
+            "cold_start": result.cold_start(cold_total=True), "paired": paired(result)}  # fmt: skip
     paths[0].write_text(json.dumps(body, indent=2, default=str) + "\n")
     paths[1].write_text(table(result, meta))
 

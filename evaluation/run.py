@@ -7,9 +7,10 @@ retrained at intervals. Writes results.json, table.md and two PNG plots.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -240,4 +241,40 @@ def run(cfg: RunConfig, encode: Callable[[list[str]], np.ndarray] | None = None)
     paths = report.write(result, meta, cfg.out)
     print(report.table(result, meta))
     print("wrote " + ", ".join(str(p) for p in paths))
-    return {"summary": result.summary(), "cold_start": result.cold_start(), "paths": paths}
+    return {"summary": result.summary(), "cold_start": result.cold_start(), "paths": paths,
+            "paired": report.paired(result)}  # fmt: skip
+
+
+def check_seeds(cfg: RunConfig, seeds: Sequence[int]) -> None:
+    """Refuse what :func:`run_seeds` cannot pool (ValueError, with the reason)."""
+    if cfg.dataset != "generator" or cfg.events_file is not None:
+        raise ValueError("--seeds replays differently seeded generated streams; a fixed "
+                         "dataset has the same targets in every run: use --seed")  # fmt: skip
+    if len(set(seeds)) < 2:
+        raise ValueError(f"--seeds needs at least two different seeds, got {list(seeds)}")
+
+
+def run_seeds(
+    cfg: RunConfig, seeds: Sequence[int], encode: Callable[[list[str]], np.ndarray] | None = None
+) -> dict[str, Any]:
+    """:func:`run` once per seed of the generator (into ``out/seed-N``), then the runs pooled
+    (``out/pooled.json``, ``out/pooled.md``): each seed is another stream, so its targets
+    are independent of the others' and paired counts add up. A fixed dataset would repeat
+    its targets in every run, so it is refused."""
+    check_seeds(cfg, seeds)
+    if encode is None:
+        from stream.content import MiniLM
+
+        encode = MiniLM().encode  # loaded once for every run
+    runs: dict[int, dict[str, Any]] = {}
+    for n, seed in enumerate(dict.fromkeys(seeds), 1):
+        print(f"--- seed {seed} ({n} of {len(set(seeds))}) ---")
+        runs[seed] = run(replace(cfg, seed=seed, out=cfg.out / f"seed-{seed}"), encode)
+    pooled = report.pool(runs)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "pooled.json").write_text(json.dumps(pooled, indent=2) + "\n")
+    text = report.pooled_table(pooled, cfg.k)
+    (cfg.out / "pooled.md").write_text(text)
+    print(text)
+    print(f"wrote {cfg.out / 'pooled.json'}, {cfg.out / 'pooled.md'}")
+    return pooled

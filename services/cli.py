@@ -516,15 +516,30 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from evaluation.run import run
+    from evaluation.run import check_seeds, run, run_seeds
 
-    run(_run_config(
+    cfg = _run_config(
         args, out=Path(args.out), k=args.k, batch_size=args.batch_size, blend_k=args.blend_k,
         session_weight=args.session_weight, als_every=args.als_every,
         als_factors=args.als_factors, validation=args.validation, lr=args.lr,
         popular_mix=args.popular_mix, taste_weight=args.taste_weight,
         taste_decay=args.taste_decay,
-    ))  # fmt: skip
+    )  # fmt: skip
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            print(f"evaluate: --seeds takes whole numbers separated by commas, got "
+                  f"{args.seeds!r}", file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            check_seeds(cfg, seeds)
+        except ValueError as exc:
+            print(f"evaluate: {exc}", file=sys.stderr)
+            return 2
+        run_seeds(cfg, seeds)
+        return 0
+    run(cfg)
     return 0
 
 
@@ -836,6 +851,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     )
     e.add_argument("--validation", action="store_true",
                    help="evaluate on the history only (for choosing settings)")  # fmt: skip
+    e.add_argument("--seeds", default="", metavar="S1,S2,...",
+                   help="generator: one run per seed (OUT/seed-N) and a pooled table with "
+                        "paired tests summed over the seeds (OUT/pooled.md)")  # fmt: skip
     e.set_defaults(func=cmd_evaluate)
 
     sc = sub.add_parser("screenshot", help="a PNG of a replica's live page (headless Chromium)")

@@ -11,7 +11,7 @@ import pytest
 
 from evaluation.data import ItemArrival, generated_stream, read_jsonl, split, write_jsonl
 from evaluation.models import ALS, GeneratorOracle, Popularity, Streambed
-from evaluation.prequential import EvalConfig, prequential, top_k
+from evaluation.prequential import EvalConfig, EvalResult, prequential, top_k
 from evaluation.report import write
 from evaluation.run import (
     DATASET_LR,
@@ -20,8 +20,11 @@ from evaluation.run import (
     CachedEncoder,
     RunConfig,
     build_models,
+    check_seeds,
     run,
+    run_seeds,
 )
+from services.cli import build_parser
 from services.datagen import GeneratorConfig, InteractionGenerator
 from stream.bootstrap import BootstrapConfig, bootstrap
 from stream.schemas import Interaction
@@ -116,6 +119,27 @@ def test_cold_start_buckets_and_rolling_recall() -> None:
     assert (total["bucket"], total["targets"], total["hits"]) == ("<5 (all cold)", 5, 5)
 
 
+def test_paired_counts_discordant_targets_and_tests_them_exactly() -> None:
+    from scipy.stats import binomtest
+
+    # 10 targets only a hits, 2 only b, 5 both, 3 neither; the first 4 are on a cold item
+    ranks_a = [0] * 10 + [-1] * 2 + [0] * 5 + [-1] * 3
+    ranks_b = [-1] * 10 + [0] * 2 + [0] * 5 + [3] * 3
+    result = EvalResult(k=1, models=["a", "b"], item_count=[0] * 4 + [7] * 16)
+    result.rank.update(a=ranks_a, b=ranks_b)  # rank 3 is within depth, a miss at k = 1
+    pair = result.paired("a", "b")
+    assert (pair["wins"], pair["losses"], pair["targets"]) == (10, 2, 20)
+    assert pair["diff"] == pytest.approx(8 / 20)
+    assert pair["p"] == pytest.approx(binomtest(10, 12).pvalue)  # 0.039
+    assert result.paired("b", "a")["p"] == pytest.approx(pair["p"])
+    cold = result.paired("a", "b", below=5)
+    assert (cold["wins"], cold["losses"], cold["targets"]) == (4, 0, 4)
+    assert cold["p"] == pytest.approx(2 * 0.5**4)
+    assert result.paired("a", "a")["p"] == 1.0  # no discordant targets
+    deep = result.paired("a", "b", k=5)  # b's rank-3 targets are hits at 5: 3 more losses
+    assert (deep["wins"], deep["losses"]) == (10, 5)
+
+
 def test_the_generator_oracle_ranks_by_the_true_choice_probabilities() -> None:
     config = GeneratorConfig(users=40, items=120, clusters=3, seed=4)
     stream = generated_stream(users=40, items=120, clusters=3, events=4000, seed=4)
@@ -197,6 +221,45 @@ def test_run_writes_the_table_and_plots(tmp_path: Path) -> None:
     }  # the ablations too
     table = (tmp_path / "eval" / "table.md").read_text()
     assert "| online |" in table and "interactions before" in table
+    # every contender paired with the online learner, on all targets and on cold ones
+    assert set(body["paired"]) == set(body["summary"]) - {"online"}
+    pair = body["paired"]["popularity"]
+    assert set(pair) == {"all", "cold", "cold_mid"} and 0.0 <= pair["all"]["p"] <= 1.0
+    assert pair["all"]["targets"] == body["summary"]["online"]["targets"]
+    assert "McNemar" in table and "| popularity |" in table.split("McNemar")[1]
+
+
+def test_run_seeds_pools_independent_streams_and_refuses_fixed_datasets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = RunConfig(out=tmp_path / "eval", events=1200, users=20, items=50, clusters=3,
+                    epochs=1, dim=8, als_every=400)  # fmt: skip
+    pooled = run_seeds(cfg, [3, 5], encode=fake_encode)
+    per_seed = {s: json.loads((tmp_path / "eval" / f"seed-{s}" / "results.json").read_text())
+                for s in (3, 5)}  # fmt: skip
+    assert pooled["seeds"] == [3, 5]
+    assert per_seed[3]["summary"]["online"] != per_seed[5]["summary"]["online"]  # two streams
+    for name, parts in pooled["paired"].items():
+        for part, row in parts.items():
+            runs = [per_seed[s]["paired"][name][part] for s in (3, 5)]
+            assert row["wins"] == sum(r["wins"] for r in runs)
+            assert row["losses"] == sum(r["losses"] for r in runs)
+            assert row["targets"] == sum(r["targets"] for r in runs)
+    mean = pooled["recall"]["popularity"]["mean"]
+    assert mean == pytest.approx(sum(per_seed[s]["summary"]["popularity"]["recall"]
+                                     for s in (3, 5)) / 2)  # fmt: skip
+    assert json.loads((tmp_path / "eval" / "pooled.json").read_text()) == pooled
+    assert "| popularity |" in (tmp_path / "eval" / "pooled.md").read_text()
+    with pytest.raises(ValueError, match="same targets"):
+        check_seeds(RunConfig(dataset="movielens"), [0, 1])
+    with pytest.raises(ValueError, match="two different seeds"):
+        check_seeds(cfg, [4, 4])
+    args = ["evaluate", "--seeds", "0,x", "--out", str(tmp_path / "no")]
+    parsed = build_parser({}).parse_args(args)
+    assert parsed.func(parsed) == 2 and "whole numbers" in capsys.readouterr().err
+    parsed = build_parser({}).parse_args(["evaluate", "--dataset", "movielens", "--seeds", "0,1"])
+    assert parsed.func(parsed) == 2 and "same targets" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
 
 
 def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
