@@ -89,6 +89,7 @@ class Streambed:
         self.fallback = Popularity(name=f"{name}-fallback")
         self._ids: list[str] = []
         self._matrix: np.ndarray | None = None
+        self._hit = np.zeros(0, dtype=bool)
 
     def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:
         self.trainer.add_content(ids, text, now=ts)
@@ -101,9 +102,19 @@ class Streambed:
             self._matrix = None
 
     def _items(self, candidates: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self._matrix is None or self._ids != candidates:
-            self._ids = list(candidates)
-            self._matrix, self._hit = self.trainer.item_vectors(self._ids)
+        """Served vectors of the candidates, kept until the model learns; items that
+        arrived since are appended (a vector depends on its own item only)."""
+        known = len(self._ids)
+        if self._matrix is not None and candidates[:known] == self._ids:
+            if len(candidates) > known:
+                new = list(candidates[known:])
+                matrix, hit = self.trainer.item_vectors(new)
+                self._ids += new
+                self._matrix = np.concatenate([self._matrix, matrix])
+                self._hit = np.concatenate([self._hit, hit])
+            return self._matrix, self._hit
+        self._ids = list(candidates)
+        self._matrix, self._hit = self.trainer.item_vectors(self._ids)
         return self._matrix, self._hit
 
     def recommend(

@@ -1,12 +1,18 @@
 """Prequential (test-then-train) evaluation over a time-ordered stream.
 
-Interactions are cut into micro-batches, as the worker cuts them. For each batch,
-every model is first asked for the top-k of each user with a target event in it
-(click, like or purchase), using only what it knew before the batch; a target
-is a hit if its item is in that list (recall@k with one held-out item per
-event; NDCG@k counts where). Only then does each model learn from the batch.
-Items become candidates when their content arrives; each target also records
-how many positive events its item had before, for the cold-start curve.
+Interactions are cut into micro-batches of ``batch_size``, as the worker cuts them,
+and each model learns a batch only after every event in it has been tested: each
+user with a target event (click, like or purchase) is first asked for their top-k,
+from what the model learnt before the batch; a target is a hit if its item is in
+that list (recall@k with one held-out item per event; NDCG@k counts where). Items
+become candidates when their content arrives, which may be inside a batch: the
+events before the arrival are tested then, the rest after it, and the batch is
+learnt when it is full, as a worker learns its micro-batch whatever the ``items``
+topic does meanwhile. (Arrivals used to end a batch early: on MovieLens, where a
+film arrives just before its first rating, the median batch was 3 events.) What a
+user has done counts for their session and exclude-seen filter as soon as it is
+tested, as a replica reading ``interactions`` sees it. Each target also records how
+many positive events its item had before, for the cold-start curve.
 
 Two models are compared on the same targets by :meth:`EvalResult.paired`: the targets
 only one of them hits, and an exact McNemar test of whether that split could be a coin's,
@@ -202,8 +208,9 @@ def prequential(
         seen[e.user_id].add(e.item_id)
     candidates: list[str] = []
     known: set[str] = set()
-    batch: list[Interaction] = []
     arrivals: list[ItemArrival] = []
+    batch: list[Interaction] = []  # tested, not yet learnt
+    segment: list[Interaction] = []  # not yet tested
     consumed = 0
 
     def flush_arrivals() -> None:
@@ -218,12 +225,13 @@ def prequential(
         known.update(ids)
         candidates.extend(ids)
 
-    def run_batch() -> None:
-        targets = [e for e in batch if e.type in TARGET_TYPES and e.item_id in known]
+    def test_segment() -> None:
+        """Rank the targets among the untested events, then record what they did."""
+        targets = [e for e in segment if e.type in TARGET_TYPES and e.item_id in known]
         users = list(dict.fromkeys(e.user_id for e in targets))
         user_sessions = {e.user_id: list(sessions.get(e.session_id or "", ())) for e in targets}
         extra = max((len(seen[u]) for u in users), default=0) if config.exclude_seen else 0
-        for m in models:
+        for m in models if users else ():
             lists = m.recommend(users, user_sessions, depth + extra, candidates)
             if extra:
                 lists = [
@@ -238,14 +246,19 @@ def prequential(
             result.position.append(len(result.position))
             result.ts.append(e.ts)
             result.item_count.append(counts[e.item_id])
-        for m in models:
-            m.learn(batch)
-        for e in batch:
+        for e in segment:
             seen[e.user_id].add(e.item_id)
             if training_weight(e) > 0:
                 counts[e.item_id] += 1
                 if e.session_id is not None:
                     sessions[e.session_id].append(e.item_id)
+        batch.extend(segment)
+        segment.clear()
+
+    def learn_batch() -> None:
+        test_segment()
+        for m in models:
+            m.learn(batch)
         batch.clear()
 
     for rec in stream:
@@ -253,19 +266,21 @@ def prequential(
             arrivals.append(rec)
             continue
         if arrivals:
-            if batch:
-                run_batch()
+            if segment:
+                test_segment()
             flush_arrivals()
-        batch.append(rec)
+        segment.append(rec)
         consumed += 1
-        if len(batch) >= config.batch_size:
-            run_batch()
+        if len(batch) + len(segment) >= config.batch_size:
+            learn_batch()
             if progress is not None:
                 progress(consumed)
     if arrivals:
+        if segment:
+            test_segment()
         flush_arrivals()
-    if batch:
-        run_batch()
+    if batch or segment:
+        learn_batch()
     if progress is not None:
         progress(consumed)
     return result

@@ -79,6 +79,38 @@ def test_each_batch_is_tested_before_it_is_learnt() -> None:
     assert (first["recall"], first["recall_deep"], first["median_rank"]) == (2 / 3, 1.0, 1.0)
 
 
+class BatchRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.candidates_seen: list[list[str]] = []
+
+    def recommend(self, users, sessions, k, candidates):  # type: ignore[no-untyped-def]
+        self.candidates_seen.append(list(candidates))
+        return super().recommend(users, sessions, k, candidates)
+
+    def learn(self, batch: list[Interaction]) -> None:
+        self.batches.append([e.event_id for e in batch])
+        super().learn(batch)
+
+
+def test_an_item_arriving_inside_a_batch_does_not_cut_it() -> None:
+    # i1 arrives after e1: e0-e1 are tested without it, e2-e3 with it, and the model learns
+    # e0-e3 as one batch of 4 (as a worker's micro-batch), then e4-e5
+    stream: list[Interaction | ItemArrival] = [ItemArrival("i0", "zero", 0.0)]
+    stream += [Interaction(f"e{n}", "u", "i0", "click", float(n)) for n in range(2)]
+    stream += [ItemArrival("i1", "one", 2.0)]
+    stream += [Interaction(f"e{n}", "u", "i1", "click", float(n)) for n in range(2, 6)]
+    rec = BatchRecorder()
+    result = prequential(stream, [rec], fake_encode, EvalConfig(k=2, batch_size=4))
+    assert rec.batches == [["e0", "e1", "e2", "e3"], ["e4", "e5"]]
+    assert rec.candidates_seen == [["i0"], ["i0", "i1"], ["i0", "i1"]]
+    assert rec.asked_after == [0, 0, 4]  # the second test waited for nothing, learnt nothing
+    assert result.summary()["recorder"]["targets"] == 6
+    # an item's earlier positives count what was tested before, learnt or not
+    assert result.item_count == [0, 0, 0, 0, 2, 2]
+
+
 def test_events_on_items_without_content_are_not_targets() -> None:
     stream = [
         ItemArrival("a", "a", 0.0),
@@ -202,6 +234,25 @@ def test_streambed_online_learns_and_frozen_does_not() -> None:
     summary = result.summary()
     assert summary["online"]["targets"] == summary["frozen"]["targets"] > 100
     assert 0.0 < summary["frozen"]["recall"] <= 1.0
+
+
+def test_streambed_appends_arrivals_to_its_item_matrix_and_rebuilds_after_learning() -> None:
+    history, rest, boot = _small_boot(epochs=1)
+    model = Streambed("online", boot, TrainConfig(dim=8, taste_weight=0.5))
+    candidates = list(boot.items)
+    matrix, _ = model._items(candidates)
+    fresh = ["new-a", "new-b"]
+    model.add_items(fresh, fake_encode(["red kettle", "blue kettle"]), ts=1e9)
+    grown, hit = model._items(candidates + fresh)
+    full, full_hit = model.trainer.item_vectors(candidates + fresh)
+    assert grown.shape == (len(candidates) + 2, 16) and hit[-2:].all()
+    np.testing.assert_allclose(grown, full, atol=1e-6)
+    np.testing.assert_array_equal(hit, full_hit)
+    model.learn([e for e in rest if isinstance(e, Interaction)][:64])
+    again, _ = model._items(candidates + fresh)
+    np.testing.assert_allclose(again, model.trainer.item_vectors(candidates + fresh)[0],
+                               atol=1e-6)  # fmt: skip
+    assert not np.allclose(again, grown)  # learning moved vectors: rebuilt, not kept
 
 
 def test_run_writes_the_table_and_plots(tmp_path: Path) -> None:
