@@ -52,6 +52,7 @@ TARGET_TYPES = frozenset({"click", "like", "purchase"})
 COLD_BUCKETS: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 4), (5, 9), (10, 19), (20, 49),
                                              (50, 10**9))  # fmt: skip
 MID_DEPTH = 50  # a second, deeper cut-off for the cold-start tables
+COLD_BELOW = 5  # the cold-start bar: items with fewer earlier positives than this
 
 
 class Model(Protocol):
@@ -116,9 +117,10 @@ class EvalResult:
     def cold_start(self, cold_total: bool = False) -> dict[str, list[dict[str, Any]]]:
         """recall@k per model by the target item's number of earlier positive events, with
         recall@50, recall@depth and the median rank to show how near the misses were.
-        ``cold_total``: one more row, every item with fewer than 5 (the cold-start bar)."""
+        ``cold_total``: one more row, every item with fewer than ``COLD_BELOW`` (the
+        cold-start bar)."""
         counts = np.array(self.item_count)
-        buckets = [*COLD_BUCKETS, (0, 4)] if cold_total else list(COLD_BUCKETS)
+        buckets = [*COLD_BUCKETS, (0, COLD_BELOW - 1)] if cold_total else list(COLD_BUCKETS)
         out: dict[str, list[dict[str, Any]]] = {}
         for name in self.models:
             hit, _ = self._arrays(name)
@@ -131,7 +133,7 @@ class EvalResult:
                 sel = (counts >= lo) & (counts <= hi)
                 label = str(lo) if lo == hi else (f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}")
                 if n == len(COLD_BUCKETS):
-                    label = "<5 (all cold)"
+                    label = f"<{COLD_BELOW} (all cold)"
                 any_ = bool(sel.any())
                 rows.append({
                     "bucket": label, "targets": int(sel.sum()),

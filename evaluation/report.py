@@ -7,9 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from evaluation.prequential import MID_DEPTH, EvalResult, mcnemar_p
-
-COLD_BELOW = 5  # the cold-start bar: items with fewer earlier positives
+from evaluation.prequential import COLD_BELOW, MID_DEPTH, EvalResult, mcnemar_p
 
 
 def table(result: EvalResult, meta: dict[str, Any]) -> str:
