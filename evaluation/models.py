@@ -6,6 +6,8 @@
 * :class:`Popularity` — the most popular items over a recent window of positives.
 * :class:`ALS` — ``implicit``'s alternating least squares, retrained from scratch on
   everything seen so far every ``retrain_every`` interactions (a batch peer).
+* :class:`ItemKNN` — item-based nearest neighbours over everything seen so far (rebuilt
+  every batch): a second, training-free batch peer.
 * :class:`GeneratorOracle` — not a learner: ranks by the generator's own item choice
   probabilities (its true popularity, themes and tags; the users' initial tastes), so a
   table shows roughly the best any model could do on the generated stream.
@@ -236,4 +238,72 @@ class ALS:
             )
             for u, row in zip(known, np.atleast_2d(ids).tolist(), strict=True):
                 out[u] = [self.items[j] for j in row if j >= 0]
+        return [out[u] for u in users]
+
+
+class ItemKNN:
+    """Item-based neighbours (Sarwar et al., WWW 2001), over every positive seen so far.
+
+    A user's positives are the set ``S``; an item ``i`` scores
+    ``sum_{j in S} c(j, i) / (n_j ** 0.5 * n_i ** alpha)``, ``c`` counting the users who
+    took both, ``n`` each item's users: ``alpha = 0.5`` is cosine, smaller leans towards
+    popular items. The user-item matrix is rebuilt after every batch (no training, so
+    nothing to retrain at intervals); users it does not know get popularity, and items
+    no neighbour reaches follow in popularity order.
+
+    >>> from stream.schemas import Interaction
+    >>> took = {"a": "xy", "b": "xy", "c": "xz", "d": "z", "e": "x", "f": "z", "g": "y"}
+    >>> knn = ItemKNN([Interaction(f"{u}{i}", u, i, "click", 0.0)
+    ...                for u, items in took.items() for i in items])
+    >>> knn.recommend(["d", "g", "new"], {}, 3, ["w", "x", "y", "z"])
+    [['z', 'x', 'y'], ['y', 'x', 'z'], ['x', 'z', 'y']]
+    """
+
+    def __init__(self, history: list[Interaction], *, alpha: float = 0.5,
+                 name: str = "item kNN") -> None:  # fmt: skip
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.name = name
+        self.alpha = alpha
+        self.users: dict[str, int] = {}
+        self.items: dict[str, int] = {}
+        self._rows: list[int] = []
+        self._cols: list[int] = []
+        self.fallback = Popularity(name=f"{name}-fallback")
+        self.learn(history)
+
+    def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:
+        pass
+
+    def learn(self, batch: list[Interaction]) -> None:
+        self.fallback.learn(batch)
+        for e in batch:
+            if training_weight(e) > 0:
+                self._rows.append(self.users.setdefault(e.user_id, len(self.users)))
+                self._cols.append(self.items.setdefault(e.item_id, len(self.items)))
+        taken = sparse.csr_matrix(
+            (np.ones(len(self._rows), dtype=np.float32), (self._rows, self._cols)),
+            shape=(len(self.users), len(self.items)),
+        )
+        taken.data[:] = 1.0  # duplicates summed by the constructor: who took it, not how often
+        self.taken = taken
+        self.n = np.maximum(np.asarray(taken.sum(axis=0)).ravel(), 1.0)
+
+    def recommend(
+        self, users: list[str], sessions: dict[str, list[str]], k: int, candidates: list[str]
+    ) -> list[list[str]]:
+        popular = self.fallback.ranked(k, candidates)
+        known = [u for u in users if u in self.users]
+        out = {u: popular for u in users}
+        if not known:
+            return [out[u] for u in users]
+        mine = self.taken[[self.users[u] for u in known]].multiply(self.n**-0.5).tocsr()
+        scores = ((mine @ self.taken.T) @ self.taken).toarray() * self.n**-self.alpha
+        col = np.array([self.items.get(i, -1) for i in candidates], dtype=np.int64)
+        at = np.where(col >= 0, scores[:, np.maximum(col, 0)], 0.0)
+        # candidates no neighbour reaches follow every reached one, in popularity order
+        counts = np.array([self.fallback.counts.get(i) for i in candidates], dtype=np.float64)
+        tail = -2.0 + counts / (counts.max(initial=0.0) + 1.0)
+        ranked = top_k(np.where(at > 0, at, tail), candidates, k)
+        out.update(zip(known, ranked, strict=True))
         return [out[u] for u in users]

@@ -51,6 +51,9 @@ from stream.schemas import Interaction, training_weight
 TARGET_TYPES = frozenset({"click", "like", "purchase"})
 COLD_BUCKETS: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 4), (5, 9), (10, 19), (20, 49),
                                              (50, 10**9))  # fmt: skip
+# the target's user by the interactions the models had learnt from them (0: a user no model
+# has learnt yet, served from their session or popularity)
+USER_BUCKETS: tuple[tuple[int, int], ...] = ((0, 0), (1, 19), (20, 99), (100, 10**9))
 MID_DEPTH = 50  # a second, deeper cut-off for the cold-start tables
 COLD_BELOW = 5  # the cold-start bar: items with fewer earlier positives than this
 
@@ -95,6 +98,8 @@ class EvalResult:
     position: list[int] = field(default_factory=list)  # index of the target among all targets
     ts: list[float] = field(default_factory=list)
     item_count: list[int] = field(default_factory=list)
+    # the user's interactions the models had learnt when the target was tested
+    user_events: list[int] = field(default_factory=list)
     rank: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
 
     def _arrays(self, name: str, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +136,7 @@ class EvalResult:
             rows = []
             for n, (lo, hi) in enumerate(buckets):
                 sel = (counts >= lo) & (counts <= hi)
-                label = str(lo) if lo == hi else (f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}")
+                label = _label(lo, hi)
                 if n == len(COLD_BUCKETS):
                     label = f"<{COLD_BELOW} (all cold)"
                 any_ = bool(sel.any())
@@ -143,6 +148,28 @@ class EvalResult:
                     "recall_deep": float(deep[sel].mean()) if any_ else math.nan,
                     "median_rank": float(np.median(capped[sel])) if any_ else math.nan,
                 })  # fmt: skip
+            out[name] = rows
+        return out
+
+    def by_user(self) -> dict[str, list[dict[str, Any]]]:
+        """recall@k (and hits) per model by how many of the target user's interactions the
+        models had learnt (:data:`USER_BUCKETS`): where a stream of new users is decided.
+
+        >>> r = EvalResult(k=1, models=["a"], user_events=[0, 0, 30])
+        >>> r.rank.update(a=[0, -1, 0])
+        >>> [(row["bucket"], row["targets"], row["hits"]) for row in r.by_user()["a"]]
+        [('0', 2, 1), ('1-19', 0, 0), ('20-99', 1, 1), ('100+', 0, 0)]
+        """
+        events = np.array(self.user_events, dtype=np.int64)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for name in self.models:
+            hit, _ = self._arrays(name)
+            rows = []
+            for lo, hi in USER_BUCKETS:
+                sel = (events >= lo) & (events <= hi)
+                rows.append({"bucket": _label(lo, hi), "targets": int(sel.sum()),
+                             "recall": float(hit[sel].mean()) if sel.any() else math.nan,
+                             "hits": int(hit[sel].sum())})  # fmt: skip
             out[name] = rows
         return out
 
@@ -206,8 +233,10 @@ def prequential(
     counts: dict[str, int] = defaultdict(int, prior_counts or {})
     sessions: dict[str, list[str]] = defaultdict(list)
     seen: dict[str, set[str]] = defaultdict(set)
+    learnt: dict[str, int] = defaultdict(int)
     for e in prior_seen:
         seen[e.user_id].add(e.item_id)
+        learnt[e.user_id] += 1
     candidates: list[str] = []
     known: set[str] = set()
     arrivals: list[ItemArrival] = []
@@ -248,6 +277,7 @@ def prequential(
             result.position.append(len(result.position))
             result.ts.append(e.ts)
             result.item_count.append(counts[e.item_id])
+            result.user_events.append(learnt[e.user_id])
         for e in segment:
             seen[e.user_id].add(e.item_id)
             if training_weight(e) > 0:
@@ -261,6 +291,8 @@ def prequential(
         test_segment()
         for m in models:
             m.learn(batch)
+        for e in batch:
+            learnt[e.user_id] += 1
         batch.clear()
 
     for rec in stream:
@@ -286,6 +318,10 @@ def prequential(
     if progress is not None:
         progress(consumed)
     return result
+
+
+def _label(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else (f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}")
 
 
 def mcnemar_p(wins: int, losses: int) -> float:

@@ -36,6 +36,14 @@ def table(result: EvalResult, meta: dict[str, Any]) -> str:
         cells = [f"{_fmt(cold[n][b]['recall_50'])} / {_fmt(cold[n][b]['recall_deep'])} / "
                  f"{_fmt(cold[n][b]['median_rank'], 0)}" for n in names]  # fmt: skip
         lines.append(f"| {bucket['bucket']} | " + " | ".join(cells) + " |")
+    by_user = result.by_user()
+    lines += ["", f"recall@{k} (hits) by the interactions of the target's user the models had "
+              "learnt (0: a user no model knows yet, served from their session or popularity):",
+              "", "| user's learnt events | targets | " + " | ".join(names) + " |",
+              "|---|---|" + "---|" * len(names)]  # fmt: skip
+    for b, bucket in enumerate(by_user[names[0]]):
+        cells = [f"{_fmt(by_user[n][b]['recall'])} ({by_user[n][b]['hits']})" for n in names]
+        lines.append(f"| {bucket['bucket']} | {bucket['targets']} | " + " | ".join(cells) + " |")
     first = names[0]
     lines += ["", f"Paired with {first!r} on the same targets: targets only {first!r} hits / "
               "only the other hits, the recall difference, and the exact McNemar p (small: "
@@ -145,7 +153,8 @@ def write(result: EvalResult, meta: dict[str, Any], out: Path, window: int = 2_0
     paths = [out / "results.json", out / "table.md", out / "recall_over_time.png",
              out / "cold_start.png"]  # fmt: skip
     body = {"meta": meta, "k": result.k, "summary": result.summary(),
-            "cold_start": result.cold_start(cold_total=True), "paired": paired(result)}  # fmt: skip
+            "cold_start": result.cold_start(cold_total=True), "by_user": result.by_user(),
+            "paired": paired(result)}  # fmt: skip
     paths[0].write_text(json.dumps(body, indent=2, default=str) + "\n")
     paths[1].write_text(table(result, meta))
 

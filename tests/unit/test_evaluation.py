@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from evaluation.data import ItemArrival, generated_stream, read_jsonl, split, write_jsonl
-from evaluation.models import ALS, GeneratorOracle, Popularity, Streambed
+from evaluation.models import ALS, GeneratorOracle, ItemKNN, Popularity, Streambed
 from evaluation.prequential import EvalConfig, EvalResult, prequential, top_k
 from evaluation.report import write
 from evaluation.run import (
@@ -75,6 +75,8 @@ def test_each_batch_is_tested_before_it_is_learnt() -> None:
     assert summary["recall"] == pytest.approx(4 / 6)
     assert summary["ndcg"] == pytest.approx((2 * 1.0 + 2 / math.log2(3)) / 6)
     assert result.item_count == [0, 0, 0, 1, 1, 1]
+    assert result.user_events == [0, 0, 2, 2, 4, 4]  # what the models had learnt from u
+    assert [row["targets"] for row in result.by_user()["recorder"]] == [2, 4, 0, 0]
     first = result.cold_start()["recorder"][0]  # targets whose item had no earlier event
     assert (first["recall"], first["recall_deep"], first["median_rank"]) == (2 / 3, 1.0, 1.0)
 
@@ -210,6 +212,23 @@ def test_als_retrains_and_serves_known_users() -> None:
     assert len(recs[1]) == 2  # popularity for a user ALS has never seen
 
 
+def test_item_knn_follows_each_batch_and_leans_to_popular_items_as_alpha_falls() -> None:
+    # u0 takes i0, i1, i3; u1 takes i0, i1; five others take i0 and i2
+    took = {"u0": (0, 1, 3), "u1": (0, 1), **{f"p{n}": (0, 2) for n in range(5)}}
+    events = [Interaction(f"{u}-{i}", u, f"i{i}", "click", 0.0) for u, items in took.items()
+              for i in items]  # fmt: skip
+    candidates = ["i0", "i1", "i2", "i3"]
+    cosine, popular = ItemKNN(events, alpha=0.5), ItemKNN(events, alpha=0.0)
+    assert cosine.recommend(["u9"], {}, 2, candidates) == [["i0", "i2"]]  # unknown: popular
+    for knn in (cosine, popular):
+        knn.learn([Interaction("u9-1", "u9", "i1", "click", 1.0)])  # known after one batch
+    # from i1: i3 shares 1 of its 1 user, i0 2 of its 7; i2 none (last, as the tail)
+    assert cosine.recommend(["u9"], {}, 4, candidates) == [["i1", "i3", "i0", "i2"]]
+    assert popular.recommend(["u9"], {}, 4, candidates) == [["i1", "i0", "i3", "i2"]]
+    with pytest.raises(ValueError, match="alpha"):
+        ItemKNN(events, alpha=1.5)
+
+
 def _small_boot(epochs: int = 1):  # type: ignore[no-untyped-def]
     """A small generated stream split in half, and a bootstrap on its first half."""
     stream = generated_stream(users=40, items=80, clusters=3, events=3000, seed=2)
@@ -278,6 +297,9 @@ def test_run_writes_the_table_and_plots(tmp_path: Path) -> None:
     assert set(pair) == {"all", "cold", "cold_mid"} and 0.0 <= pair["all"]["p"] <= 1.0
     assert pair["all"]["targets"] == body["summary"]["online"]["targets"]
     assert "McNemar" in table and "| popularity |" in table.split("McNemar")[1]
+    by_user = body["by_user"]["online"]  # recall by what the models had learnt of the user
+    assert sum(row["targets"] for row in by_user) == body["summary"]["online"]["targets"]
+    assert "user's learnt events" in table
 
 
 def test_run_seeds_pools_independent_streams_and_refuses_fixed_datasets(
