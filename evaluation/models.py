@@ -154,11 +154,13 @@ class GeneratorOracle:
     def recommend(
         self, users: list[str], sessions: dict[str, list[str]], k: int, candidates: list[str]
     ) -> list[list[str]]:
+        if not users:
+            return []
         index = np.array([int(i[1:]) for i in candidates])
         available = np.zeros(self.gen.config.items, dtype=bool)
         available[index] = True
         scores = np.stack([self.gen.preference(int(u[1:]), available)[index] for u in users])
-        return top_k(scores, candidates, k) if users else []
+        return top_k(scores, candidates, k)
 
 
 class ALS:

@@ -184,6 +184,7 @@ def test_the_generator_oracle_ranks_by_the_true_choice_probabilities() -> None:
     assert summary["oracle"]["recall"] > summary["popularity"]["recall"] + 0.05
     lists = oracle.recommend(["u1", "u1"], {}, 3, ["i1", "i2", "i3", "i4"])
     assert lists[0] == lists[1] and len(lists[0]) == 3
+    assert oracle.recommend([], {}, 3, ["i1", "i2"]) == []  # nobody asked: nothing scored
 
 
 def test_top_k_orders_best_first() -> None:
