@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -230,17 +231,28 @@ class ALS:
     def recommend(
         self, users: list[str], sessions: dict[str, list[str]], k: int, candidates: list[str]
     ) -> list[list[str]]:
-        popular = self.fallback.ranked(k, candidates)
-        known = [u for u in users if u in self.users]
-        out = {u: popular for u in users}
-        if known:
+        def rank(known: list[str]) -> list[list[str]]:
             rows = np.array([self.users[u] for u in known])
             ids, _ = self.model.recommend(
                 rows, self.user_items[rows], N=k, filter_already_liked_items=False
             )
-            for u, row in zip(known, np.atleast_2d(ids).tolist(), strict=True):
-                out[u] = [self.items[j] for j in row if j >= 0]
-        return [out[u] for u in users]
+            return [[self.items[j] for j in row if j >= 0] for row in np.atleast_2d(ids).tolist()]
+
+        return known_or_popular(users, self.users, self.fallback.ranked(k, candidates), rank)
+
+
+def known_or_popular(
+    users: list[str],
+    known: Mapping[str, int],
+    popular: list[str],
+    rank: Callable[[list[str]], list[list[str]]],
+) -> list[list[str]]:
+    """A batch peer's lists: ``rank(users it knows)``, in one call, and ``popular`` for the rest."""
+    mine = [u for u in users if u in known]
+    out = dict.fromkeys(users, popular)
+    if mine:
+        out.update(zip(mine, rank(mine), strict=True))
+    return [out[u] for u in users]
 
 
 class ItemKNN:
@@ -294,18 +306,14 @@ class ItemKNN:
     def recommend(
         self, users: list[str], sessions: dict[str, list[str]], k: int, candidates: list[str]
     ) -> list[list[str]]:
-        popular = self.fallback.ranked(k, candidates)
-        known = [u for u in users if u in self.users]
-        out = {u: popular for u in users}
-        if not known:
-            return [out[u] for u in users]
-        mine = self.taken[[self.users[u] for u in known]].multiply(self.n**-0.5).tocsr()
-        scores = ((mine @ self.taken.T) @ self.taken).toarray() * self.n**-self.alpha
-        col = np.array([self.items.get(i, -1) for i in candidates], dtype=np.int64)
-        at = np.where(col >= 0, scores[:, np.maximum(col, 0)], 0.0)
-        # candidates no neighbour reaches follow every reached one, in popularity order
-        counts = np.array([self.fallback.counts.get(i) for i in candidates], dtype=np.float64)
-        tail = -2.0 + counts / (counts.max(initial=0.0) + 1.0)
-        ranked = top_k(np.where(at > 0, at, tail), candidates, k)
-        out.update(zip(known, ranked, strict=True))
-        return [out[u] for u in users]
+        def rank(known: list[str]) -> list[list[str]]:
+            mine = self.taken[[self.users[u] for u in known]].multiply(self.n**-0.5).tocsr()
+            scores = ((mine @ self.taken.T) @ self.taken).toarray() * self.n**-self.alpha
+            col = np.array([self.items.get(i, -1) for i in candidates], dtype=np.int64)
+            at = np.where(col >= 0, scores[:, np.maximum(col, 0)], 0.0)
+            # candidates no neighbour reaches follow every reached one, in popularity order
+            counts = np.array([self.fallback.counts.get(i) for i in candidates], dtype=float)
+            tail = -2.0 + counts / (counts.max(initial=0.0) + 1.0)
+            return top_k(np.where(at > 0, at, tail), candidates, k)
+
+        return known_or_popular(users, self.users, self.fallback.ranked(k, candidates), rank)
