@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -73,6 +73,8 @@ class Streambed:
     ``popular_mix``: a user with ``n`` row updates gets the share ``n / (n + popular_mix)``
     of their list from their vector and the rest from popularity, as the API serves it
     with ``--popular-mix`` (0: off; users with no vector get popularity either way).
+    Popularity is the popularity baseline's: over the last ``popular_window`` positives,
+    ``history`` included.
     """
 
     def __init__(
@@ -83,13 +85,16 @@ class Streambed:
         *,
         online: bool = True,
         popular_mix: float = 0.0,
+        history: Sequence[Interaction] = (),
+        popular_window: int = 20_000,
     ) -> None:
         self.name = name
         self.online = online
         self.popular_mix = popular_mix  # as the API's --popular-mix (0: off)
         self.trainer = OnlineTrainer.create(replace(config, dim=boot.config.dim))
         load_into(self.trainer, copy.deepcopy(boot))
-        self.fallback = Popularity(name=f"{name}-fallback")
+        self.fallback = Popularity(popular_window, name=f"{name}-fallback")
+        self.fallback.learn(list(history))
         self._ids: list[str] = []
         self._matrix: np.ndarray | None = None
         self._hit = np.zeros(0, dtype=bool)
@@ -178,6 +183,7 @@ class ALS:
         alpha: float = 1.0,
         seed: int = 0,
         name: str = "als",
+        popular_window: int = 20_000,
     ) -> None:
         self.name = name
         self.factors, self.reg, self.iterations, self.seed = (
@@ -189,7 +195,7 @@ class ALS:
         self.retrain_every = retrain_every
         self.alpha = alpha  # confidence = alpha * summed event-type weights
         self.events: list[Interaction] = [e for e in history if training_weight(e) > 0]
-        self.fallback = Popularity(name=f"{name}-fallback")
+        self.fallback = Popularity(popular_window, name=f"{name}-fallback")
         self.fallback.learn(history)
         self.since = 0
         self.retrains = 0
@@ -273,8 +279,8 @@ class ItemKNN:
     [['z', 'x', 'y'], ['y', 'x', 'z'], ['x', 'z', 'y']]
     """
 
-    def __init__(self, history: list[Interaction], *, alpha: float = 0.5,
-                 name: str = "item kNN") -> None:  # fmt: skip
+    def __init__(self, history: list[Interaction], *, alpha: float = 0.5, name: str = "item kNN",
+                 popular_window: int = 20_000) -> None:  # fmt: skip
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.name = name
@@ -283,7 +289,7 @@ class ItemKNN:
         self.items: dict[str, int] = {}
         self._rows: list[int] = []
         self._cols: list[int] = []
-        self.fallback = Popularity(name=f"{name}-fallback")
+        self.fallback = Popularity(popular_window, name=f"{name}-fallback")
         self.learn(history)
 
     def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:

@@ -522,8 +522,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args, out=Path(args.out), k=args.k, batch_size=args.batch_size, blend_k=args.blend_k,
         session_weight=args.session_weight, als_every=args.als_every,
         als_factors=args.als_factors, knn_alpha=args.knn_alpha, validation=args.validation,
-        lr=args.lr, popular_mix=args.popular_mix, taste_weight=args.taste_weight,
-        taste_decay=args.taste_decay,
+        lr=args.lr, popular_mix=args.popular_mix, popular_window=args.popular_window,
+        taste_weight=args.taste_weight, taste_decay=args.taste_decay,
     )  # fmt: skip
     if args.seeds:
         try:
@@ -843,6 +843,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     )
     e.add_argument("--als-every", type=int, default=5000, help="ALS retrains every N events")
     e.add_argument("--als-factors", type=int, default=8)
+    e.add_argument("--popular-window", type=int, default=None, metavar="N",
+                   help="popularity counts the last N positives, for the baseline and "
+                        "every model's fallback (default: the dataset's)")  # fmt: skip
     e.add_argument("--knn-alpha", type=float, default=None, metavar="A",
                    help="item kNN's popularity exponent, 0-1 (0.5: cosine; default: the "
                         "dataset's, chosen by --validation)")  # fmt: skip
