@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 from evaluation.prequential import top_k
 from services.datagen import InteractionGenerator
 from stream.bootstrap import Bootstrapped, load_into
-from stream.frequency import RecentCounts
+from stream.frequency import POPULAR_WINDOW, RecentCounts
 from stream.schemas import Interaction, training_weight
 from stream.similarity import blend_weight, interleave
 from stream.training import USERS, OnlineTrainer, TrainConfig
@@ -46,7 +46,7 @@ log = logging.getLogger("streambed.evaluation")
 class Popularity:
     """Top items by positive events among the last ``window`` positives (ties: arrival order)."""
 
-    def __init__(self, window: int = 20_000, name: str = "popularity") -> None:
+    def __init__(self, window: int = POPULAR_WINDOW, name: str = "popularity") -> None:
         self.name = name
         self.counts = RecentCounts(window)  # as a replica's --popular-window
 
@@ -56,9 +56,12 @@ class Popularity:
     def learn(self, batch: list[Interaction]) -> None:
         self.counts.observe(e.item_id for e in batch if training_weight(e) > 0)
 
+    def scores(self, candidates: list[str]) -> np.ndarray:
+        """Each candidate's positives in the window."""
+        return np.array([self.counts.get(i) for i in candidates], dtype=np.float64)
+
     def ranked(self, k: int, candidates: list[str]) -> list[str]:
-        scores = np.array([self.counts.get(i) for i in candidates], dtype=np.float64)
-        return top_k(scores[None, :], candidates, k)[0]
+        return top_k(self.scores(candidates)[None, :], candidates, k)[0]
 
     def recommend(
         self, users: list[str], sessions: dict[str, list[str]], k: int, candidates: list[str]
@@ -86,7 +89,7 @@ class Streambed:
         online: bool = True,
         popular_mix: float = 0.0,
         history: Sequence[Interaction] = (),
-        popular_window: int = 20_000,
+        popular_window: int = POPULAR_WINDOW,
     ) -> None:
         self.name = name
         self.online = online
@@ -183,7 +186,7 @@ class ALS:
         alpha: float = 1.0,
         seed: int = 0,
         name: str = "als",
-        popular_window: int = 20_000,
+        popular_window: int = POPULAR_WINDOW,
     ) -> None:
         self.name = name
         self.factors, self.reg, self.iterations, self.seed = (
@@ -280,7 +283,7 @@ class ItemKNN:
     """
 
     def __init__(self, history: list[Interaction], *, alpha: float = 0.5, name: str = "item kNN",
-                 popular_window: int = 20_000) -> None:  # fmt: skip
+                 popular_window: int = POPULAR_WINDOW) -> None:  # fmt: skip
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.name = name
@@ -318,7 +321,7 @@ class ItemKNN:
             col = np.array([self.items.get(i, -1) for i in candidates], dtype=np.int64)
             at = np.where(col >= 0, scores[:, np.maximum(col, 0)], 0.0)
             # candidates no neighbour reaches follow every reached one, in popularity order
-            counts = np.array([self.fallback.counts.get(i) for i in candidates], dtype=float)
+            counts = self.fallback.scores(candidates)
             tail = -2.0 + counts / (counts.max(initial=0.0) + 1.0)
             return top_k(np.where(at > 0, at, tail), candidates, k)
 

@@ -23,6 +23,7 @@ from evaluation.models import ALS, GeneratorOracle, ItemKNN, Popularity, Streamb
 from evaluation.prequential import EvalConfig, Model, prequential
 from services.datagen import GeneratorConfig, InteractionGenerator
 from stream.bootstrap import BootstrapConfig, Bootstrapped, bootstrap
+from stream.frequency import POPULAR_WINDOW
 from stream.schemas import Interaction
 from stream.training import TrainConfig
 
@@ -102,7 +103,7 @@ class RunConfig:
     # a user with n updates gets n / (n + m) of the list from their vector, the rest from
     # popularity (the API's --popular-mix); None: DATASET_POPULAR_MIX (0: off)
     popular_mix: float | None = None
-    popular_window: int | None = None  # None: DATASET_POPULAR_WINDOW (else 20k)
+    popular_window: int | None = None  # None: DATASET_POPULAR_WINDOW (else POPULAR_WINDOW)
     als_every: int = 5_000
     # best of factors 8/16/32/64 on the generated stream (tuned in ALS's favour: 8 themes)
     als_factors: int = 8
@@ -138,7 +139,7 @@ class RunConfig:
         the dataset's)."""
         if self.popular_window is not None:
             return self.popular_window
-        return DATASET_POPULAR_WINDOW.get(self.dataset, 20_000)
+        return DATASET_POPULAR_WINDOW.get(self.dataset, POPULAR_WINDOW)
 
     @property
     def alpha(self) -> float:

@@ -89,6 +89,10 @@ class ItemFrequency:
         self._changed = set(self._counts)
 
 
+# what "popular" counts by default: the last 20k positives (a replica's --popular-window)
+POPULAR_WINDOW = 20_000
+
+
 class RecentCounts:
     """How often each item occurs among the last ``window`` observations: the popularity
     that serving falls back on and mixes in, and the evaluator's popularity baseline.
@@ -103,7 +107,7 @@ class RecentCounts:
     1
     """
 
-    def __init__(self, window: int = 20_000) -> None:
+    def __init__(self, window: int = POPULAR_WINDOW) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.window = window
