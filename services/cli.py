@@ -570,6 +570,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentParser:
     from services.ann.index import IndexConfig
+    from stream.frequency import POPULAR_WINDOW
 
     bootstrap = env.get("STREAMBED_BOOTSTRAP", DEFAULT_BOOTSTRAP)
     ps_token = env.get("STREAMBED_PS_TOKEN", "")  # a secret: from the environment, never argv
@@ -725,12 +726,12 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
         default=0.0,
         metavar="M",
         help="a user whose vector has n updates gets n/(n+M) of the list from it and the rest "
-        "from the popular items (0: off; MovieLens's evaluation chose 5, the generator's 0)",
+        "from the popular items (0: off; MovieLens's evaluation chose 2, the generator's 0)",
     )
     a.add_argument(
         "--popular-window",
         type=int,
-        default=20_000,
+        default=POPULAR_WINDOW,
         metavar="N",
         help="popular means most positives among the last N interactions, as the evaluator's "
         "popularity (0: most total updates; %(default)s)",
