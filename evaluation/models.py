@@ -44,24 +44,59 @@ log = logging.getLogger("streambed.evaluation")
 
 
 class Popularity:
-    """Top items by positive events among the last ``window`` positives (ties: arrival order)."""
+    """Top items by positive events among the last ``window`` positives (ties: arrival order).
+
+    The candidates' counts are kept between calls (the evaluator's candidates only grow):
+    a batch refreshes the items whose count it changed, and the last ranking is reused
+    until the counts or the candidates change; any other list is scored afresh.
+    """
 
     def __init__(self, window: int = POPULAR_WINDOW, name: str = "popularity") -> None:
         self.name = name
         self.counts = RecentCounts(window)  # as a replica's --popular-window
+        self._ids: list[str] = []  # the candidates scored so far, in order
+        self._pos: dict[str, int] = {}
+        self._scores = np.zeros(0)
+        self._changed: set[str] = set()  # items whose count moved since they were scored
+        self._ranked: tuple[int, list[str]] | None = None  # (k, ranking) for self._ids
 
     def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:
         pass
 
     def learn(self, batch: list[Interaction]) -> None:
-        self.counts.observe(e.item_id for e in batch if training_weight(e) > 0)
+        items = [e.item_id for e in batch if training_weight(e) > 0]
+        self._changed.update(items)
+        self._changed.update(self.counts.observe(items))
+
+    def _sync(self, candidates: list[str]) -> None:
+        known = len(self._ids)
+        if candidates[:known] != self._ids:
+            self._ids, self._pos, self._scores, known = [], {}, np.zeros(0), 0
+            self._changed.clear()
+            self._ranked = None
+        rows = [self._pos[i] for i in self._changed if i in self._pos]
+        self._changed.clear()
+        if rows:
+            self._scores[rows] = [self.counts.get(self._ids[r]) for r in rows]
+            self._ranked = None
+        if len(candidates) > known:
+            new = list(candidates[known:])
+            self._pos.update((i, known + n) for n, i in enumerate(new))
+            self._ids += new
+            fresh = np.array([self.counts.get(i) for i in new], dtype=np.float64)
+            self._scores = np.concatenate([self._scores, fresh])
+            self._ranked = None
 
     def scores(self, candidates: list[str]) -> np.ndarray:
         """Each candidate's positives in the window."""
-        return np.array([self.counts.get(i) for i in candidates], dtype=np.float64)
+        self._sync(candidates)
+        return self._scores.copy()
 
     def ranked(self, k: int, candidates: list[str]) -> list[str]:
-        return top_k(self.scores(candidates)[None, :], candidates, k)[0]
+        self._sync(candidates)
+        if self._ranked is None or self._ranked[0] != k:
+            self._ranked = (k, top_k(self._scores[None, :], self._ids, k)[0])
+        return list(self._ranked[1])
 
     def recommend(
         self, users: list[str], sessions: dict[str, list[str]], k: int, candidates: list[str]
@@ -99,33 +134,50 @@ class Streambed:
         self.fallback = Popularity(popular_window, name=f"{name}-fallback")
         self.fallback.learn(list(history))
         self._ids: list[str] = []
+        self._pos: dict[str, int] = {}
         self._matrix: np.ndarray | None = None
         self._hit = np.zeros(0, dtype=bool)
+        self._stale: set[str] = set()  # items whose served vector may have moved since read
 
     def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:
         self.trainer.add_content(ids, text, now=ts)
-        self._matrix = None
+        self._stale.update(ids)
 
     def learn(self, batch: list[Interaction]) -> None:
         self.fallback.learn(batch)
         if self.online:
-            self.trainer.apply(batch)
-            self._matrix = None
+            stats = self.trainer.apply(batch)
+            # the rows the step pushed, and the batch's items (their counts, admissions)
+            self._stale.update(stats.items)
+            self._stale.update(e.item_id for e in batch)
 
     def _items(self, candidates: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Served vectors of the candidates, kept until the model learns; items that
-        arrived since are appended (a vector depends on its own item only)."""
+        """Served vectors of the candidates, kept between calls: items that arrived since are
+        appended and only the items the model touched since are read again (a served vector
+        depends on its own item's row, content and count alone; with a decaying frequency
+        estimate every count moves, so everything is read again)."""
         known = len(self._ids)
-        if self._matrix is not None and candidates[:known] == self._ids:
-            if len(candidates) > known:
-                new = list(candidates[known:])
-                matrix, hit = self.trainer.item_vectors(new)
-                self._ids += new
-                self._matrix = np.concatenate([self._matrix, matrix])
-                self._hit = np.concatenate([self._hit, hit])
+        if (self._matrix is None or candidates[:known] != self._ids
+                or (self._stale and self.trainer.frequency.decay != 1.0)):  # fmt: skip
+            self._ids = list(candidates)
+            self._pos = {i: n for n, i in enumerate(self._ids)}
+            matrix, hit = self.trainer.item_vectors(self._ids)
+            self._matrix, self._hit = np.array(matrix), np.array(hit)
+            self._stale.clear()
             return self._matrix, self._hit
-        self._ids = list(candidates)
-        self._matrix, self._hit = self.trainer.item_vectors(self._ids)
+        rows = [self._pos[i] for i in self._stale if i in self._pos]
+        self._stale.clear()
+        if rows:
+            matrix, hit = self.trainer.item_vectors([self._ids[r] for r in rows])
+            self._matrix, self._hit = self._matrix.copy(), self._hit.copy()  # returned before
+            self._matrix[rows], self._hit[rows] = matrix, hit
+        if len(candidates) > known:
+            new = list(candidates[known:])
+            matrix, hit = self.trainer.item_vectors(new)
+            self._pos.update((i, known + n) for n, i in enumerate(new))
+            self._ids += new
+            self._matrix = np.concatenate([self._matrix, matrix])
+            self._hit = np.concatenate([self._hit, hit])
         return self._matrix, self._hit
 
     def recommend(

@@ -101,6 +101,7 @@ class RecentCounts:
     --------
     >>> recent = RecentCounts(window=3)
     >>> recent.observe(["a", "b", "a", "c"])     # the first "a" has left the window
+    ['a']
     >>> recent.get("a"), recent.get("b"), recent.get("z"), len(recent)
     (1, 1, 0, 3)
     >>> RecentCounts.from_list(recent.to_list(), window=3).get("c")
@@ -117,15 +118,20 @@ class RecentCounts:
     def __len__(self) -> int:
         return len(self._recent)
 
-    def observe(self, items: Iterable[str]) -> None:
+    def observe(self, items: Iterable[str]) -> list[str]:
+        """Add ``items`` to the window; returns those that left it (oldest first), so a caller
+        keeping counts elsewhere knows every item whose count changed."""
+        left: list[str] = []
         for item in items:
             if len(self._recent) == self.window:
                 gone = self._recent[0]
+                left.append(gone)
                 self._counts[gone] -= 1
                 if not self._counts[gone]:
                     del self._counts[gone]
             self._recent.append(item)
             self._counts[item] += 1
+        return left
 
     def get(self, item: str) -> int:
         return self._counts.get(item, 0)
