@@ -244,9 +244,7 @@ class OnlineTrainer:
         )
         loss = torch.zeros(())
         if positive.any():
-            loss = loss + self._softmax_loss(
-                batch, positive, scores, i_idx, w, candidates, cand_pos
-            )
+            loss = loss + self._softmax_loss(batch, positive, scores, i_idx, w, candidates)
         if (~positive).any():
             skip_scores = scores[~positive, i_idx[~positive]]
             loss = loss + (w[~positive].abs() * F.softplus(skip_scores)).sum()
@@ -314,7 +312,6 @@ class OnlineTrainer:
         i_idx: torch.Tensor,
         w: torch.Tensor,
         candidates: list[str],
-        cand_pos: dict[str, int],
     ) -> torch.Tensor:
         logits = scores[positive]
         labels = i_idx[positive]
@@ -324,17 +321,8 @@ class OnlineTrainer:
             p = self.frequency.probability(candidates)
             q = n_pos * p + self.config.negatives / max(self.ps.size(ITEMS), 1)
             logits = logits - torch.from_numpy(np.log(q)).float()
-        # a user's other positives in this batch are not negatives for them
-        pos_events = [e for e, p in zip(batch, positive.tolist(), strict=True) if p]
-        liked: dict[str, set[int]] = {}
-        for e in pos_events:
-            liked.setdefault(e.user_id, set()).add(cand_pos[e.item_id])
-        mask = torch.zeros_like(logits, dtype=torch.bool)
-        for row, e in enumerate(pos_events):
-            others = liked[e.user_id] - {cand_pos[e.item_id]}
-            if others:
-                mask[row, list(others)] = True
-        logits = logits.masked_fill(mask, float("-inf"))
+        logits = logits.masked_fill(_others_liked(batch, positive, labels, logits.shape[1]),
+                                    float("-inf"))  # fmt: skip
         ce = F.cross_entropy(logits, labels, reduction="none")
         return (w[positive] * ce).sum()
 
@@ -392,8 +380,7 @@ class OnlineTrainer:
             rows = torch.from_numpy(self.ps.pull(USERS, users)[0]).requires_grad_()
             u = self.sim.serve_users(self.towers.users(rows))[u_idx]
             scores = self.sim.scores(u, v) / self.config.temperature
-            loss = self._softmax_loss(events, everyone, scores, i_idx, weights, candidates,
-                                      cand_pos)  # fmt: skip
+            loss = self._softmax_loss(events, everyone, scores, i_idx, weights, candidates)
             loss.backward()
             assert rows.grad is not None
             self.ps.push(USERS, users, rows.grad.numpy(), now=now)
@@ -533,3 +520,29 @@ class OnlineTrainer:
         if self.sim.kind == "cosine":  # a blend of unit vectors is shorter: serve it unit again
             out = self.sim.serve_items(out)  # (under cosine both sides are served unit)
         return out
+
+
+def _others_liked(
+    batch: Sequence[Interaction], positive: torch.Tensor, labels: torch.Tensor, n_candidates: int
+) -> torch.Tensor:
+    """For each positive event (a row), the candidates its user took in *other* positive
+    events of the batch: they are not negatives for that user (``labels``: each positive
+    row's own candidate).
+
+    >>> batch = [Interaction(f"e{n}", u, i, "click", 0.0) for n, (u, i) in
+    ...          enumerate([("a", "x"), ("b", "x"), ("a", "y"), ("a", "y")])]
+    >>> _others_liked(batch, torch.ones(4, dtype=torch.bool), torch.tensor([0, 0, 1, 1]), 3).int()
+    tensor([[0, 1, 0],
+            [0, 0, 0],
+            [1, 0, 0],
+            [1, 0, 0]], dtype=torch.int32)
+    """
+    users: dict[str, int] = {}
+    rows = [users.setdefault(e.user_id, len(users))
+            for e, p in zip(batch, positive.tolist(), strict=True) if p]  # fmt: skip
+    row_user = torch.tensor(rows, dtype=torch.long)
+    took = torch.zeros((len(users), n_candidates), dtype=torch.bool)
+    took[row_user, labels] = True
+    mask = took[row_user]
+    mask[torch.arange(len(rows)), labels] = False
+    return mask
