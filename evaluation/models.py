@@ -322,7 +322,7 @@ class ItemKNN:
     A user's positives are the set ``S``; an item ``i`` scores
     ``sum_{j in S} c(j, i) / (n_j ** 0.5 * n_i ** alpha)``, ``c`` counting the users who
     took both, ``n`` each item's users: ``alpha = 0.5`` is cosine, smaller leans towards
-    popular items. The user-item matrix is rebuilt after every batch (no training, so
+    popular items. The user-item matrix holds every batch learnt (no training, so
     nothing to retrain at intervals); users it does not know get popularity, and items
     no neighbour reaches follow in popularity order.
 
@@ -344,6 +344,7 @@ class ItemKNN:
         self.items: dict[str, int] = {}
         self._rows: list[int] = []
         self._cols: list[int] = []
+        self._dirty = True
         self.fallback = Popularity(popular_window, name=f"{name}-fallback")
         self.learn(history)
 
@@ -356,6 +357,14 @@ class ItemKNN:
             if training_weight(e) > 0:
                 self._rows.append(self.users.setdefault(e.user_id, len(self.users)))
                 self._cols.append(self.items.setdefault(e.item_id, len(self.items)))
+                self._dirty = True
+
+    def _build(self) -> None:
+        """The user-item matrix of every positive learnt, built when asked for after a change
+        (batches of a few events learn far more often than anyone asks)."""
+        if not self._dirty:
+            return
+        self._dirty = False
         taken = sparse.csr_matrix(
             (np.ones(len(self._rows), dtype=np.float32), (self._rows, self._cols)),
             shape=(len(self.users), len(self.items)),
@@ -368,6 +377,7 @@ class ItemKNN:
         self, users: list[str], sessions: dict[str, list[str]], k: int, candidates: list[str]
     ) -> list[list[str]]:
         def rank(known: list[str]) -> list[list[str]]:
+            self._build()
             mine = self.taken[[self.users[u] for u in known]].multiply(self.n**-0.5).tocsr()
             scores = ((mine @ self.taken.T) @ self.taken).toarray() * self.n**-self.alpha
             col = np.array([self.items.get(i, -1) for i in candidates], dtype=np.int64)

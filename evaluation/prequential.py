@@ -1,7 +1,11 @@
 """Prequential (test-then-train) evaluation over a time-ordered stream.
 
-Interactions are cut into micro-batches of ``batch_size``, as the worker cuts them,
-and each model learns a batch only after every event in it has been tested: each
+Interactions are cut into micro-batches as the worker's :class:`~stream.batching.Batcher`
+cuts them: a batch closes at ``batch_size`` events or, with ``batch_ms`` set, when an event
+comes ``batch_ms`` or more (of event time) after the batch's first, i.e. as a worker with
+that window cuts the stream replayed at its own pace (at a replay speed-up S, the worker's
+window covers S times as much event time). Each model learns a batch only after every
+event in it has been tested: each
 user with a target event (click, like or purchase) is first asked for their top-k,
 from what the model learnt before the batch; a target is a hit if its item is in
 that list (recall@k with one held-out item per event; NDCG@k counts where). Items
@@ -46,6 +50,7 @@ import numpy as np
 from scipy.stats import binom
 
 from evaluation.data import ItemArrival, Record
+from stream.batching import BATCH_SIZE, window_closed
 from stream.schemas import Interaction, training_weight
 
 TARGET_TYPES = frozenset({"click", "like", "purchase"})
@@ -80,7 +85,10 @@ class EvalConfig:
     diagnostics (recall@depth, median rank), so one run shows how near the misses were."""
 
     k: int = 10
-    batch_size: int = 256
+    batch_size: int = BATCH_SIZE
+    # None: batches close by size alone (a replay fast enough to fill them, as a load test
+    # does); the worker's window (BATCH_MS): as the worker would cut the stream live
+    batch_ms: float | None = None
     depth: int = 500
     # drop items the user has interacted with before from every model's list (a rating
     # site: nobody rates a movie twice); off where people come back to items
@@ -101,6 +109,7 @@ class EvalResult:
     # the user's interactions the models had learnt when the target was tested
     user_events: list[int] = field(default_factory=list)
     rank: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    batches: int = 0  # micro-batches learnt
 
     def _arrays(self, name: str, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         rank = np.array(self.rank[name])
@@ -243,6 +252,7 @@ def prequential(
     batch: list[Interaction] = []  # tested, not yet learnt
     segment: list[Interaction] = []  # not yet tested
     consumed = 0
+    first_ms = 0.0  # event time of the pending batch's first interaction
 
     def flush_arrivals() -> None:
         fresh = [a for a in arrivals if a.item_id not in known]
@@ -291,9 +301,12 @@ def prequential(
         test_segment()
         for m in models:
             m.learn(batch)
+        result.batches += 1
         for e in batch:
             learnt[e.user_id] += 1
         batch.clear()
+        if progress is not None:
+            progress(consumed)
 
     for rec in stream:
         if isinstance(rec, ItemArrival):
@@ -303,12 +316,15 @@ def prequential(
             if segment:
                 test_segment()
             flush_arrivals()
+        ms, window = rec.ts * 1000.0, config.batch_ms
+        if window is not None and (batch or segment) and window_closed(first_ms, ms, window):
+            learn_batch()
+        if not (batch or segment):
+            first_ms = ms
         segment.append(rec)
         consumed += 1
         if len(batch) + len(segment) >= config.batch_size:
             learn_batch()
-            if progress is not None:
-                progress(consumed)
     if arrivals:
         if segment:
             test_segment()

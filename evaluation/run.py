@@ -22,6 +22,7 @@ from evaluation.data import ItemArrival, Record, generated_stream, read_jsonl, s
 from evaluation.models import ALS, GeneratorOracle, ItemKNN, Popularity, Streambed
 from evaluation.prequential import EvalConfig, Model, prequential
 from services.datagen import GeneratorConfig, InteractionGenerator
+from stream.batching import BATCH_SIZE
 from stream.bootstrap import BootstrapConfig, Bootstrapped, bootstrap
 from stream.frequency import POPULAR_WINDOW
 from stream.schemas import Interaction
@@ -105,7 +106,9 @@ class RunConfig:
     dim: int = 32
     epochs: int = 8
     k: int = 10
-    batch_size: int = 256
+    batch_size: int = BATCH_SIZE
+    # cut batches also by event time, as the worker's window does live (None: by size alone)
+    batch_ms: float | None = None
     blend_k: float = 5.0
     session_weight: float | None = None  # the online learner's; None: TrainConfig's
     taste_weight: float | None = None  # the online learner's; None: the dataset's, else off
@@ -164,7 +167,8 @@ class RunConfig:
 
     def eval_config(self) -> EvalConfig:
         exclude = self.dataset == "movielens" if self.exclude_seen is None else self.exclude_seen
-        return EvalConfig(k=self.k, batch_size=self.batch_size, exclude_seen=exclude)
+        return EvalConfig(k=self.k, batch_size=self.batch_size, batch_ms=self.batch_ms,
+                          exclude_seen=exclude)  # fmt: skip
 
     def boot(self) -> BootstrapConfig:
         return BootstrapConfig(dim=self.dim, epochs=self.epochs, seed=self.seed,
@@ -289,7 +293,7 @@ def run(cfg: RunConfig, encode: Callable[[list[str]], np.ndarray] | None = None)
     meta: dict[str, Any] = {k: str(v) for k, v in asdict(cfg).items()}
     meta.update(online_lr=cfg.train().lr, online_temperature=cfg.train().temperature,
                 fold_in=cfg.train().fold_in, popular_mix=cfg.mix, popular_window=cfg.window,
-                history_events=n_hist, evaluated_events=n_rest,
+                history_events=n_hist, evaluated_events=n_rest, batches=result.batches,
                 seconds=round(time.monotonic() - started, 1))  # fmt: skip
     paths = report.write(result, meta, cfg.out)
     print(report.table(result, meta))

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stream.batching import BATCH_MS, BATCH_SIZE
+
 if TYPE_CHECKING:
     from evaluation.run import RunConfig
 
@@ -519,7 +521,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from evaluation.run import check_seeds, run, run_seeds
 
     cfg = _run_config(
-        args, out=Path(args.out), k=args.k, batch_size=args.batch_size, blend_k=args.blend_k,
+        args, out=Path(args.out), k=args.k, batch_size=args.batch_size, batch_ms=args.batch_ms,
+        blend_k=args.blend_k,
         session_weight=args.session_weight, als_every=args.als_every,
         als_factors=args.als_factors, knn_alpha=args.knn_alpha, validation=args.validation,
         lr=args.lr, popular_mix=args.popular_mix, popular_window=args.popular_window,
@@ -625,8 +628,8 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w = sub.add_parser("worker", help="run the faust stream worker")
     kafka_args(w)
     w.add_argument("--app-id", default="streambed-worker")
-    w.add_argument("--batch-size", type=int, default=256)
-    w.add_argument("--batch-ms", type=int, default=50)
+    w.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    w.add_argument("--batch-ms", type=int, default=BATCH_MS)
     table_args(w)
     w.add_argument("--negatives", type=int, default=32)
     w.add_argument("--temperature", type=float, default=0.2,
@@ -823,7 +826,11 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     stream_args(e, history_share=0.4)
     e.add_argument("--out", default="reports/eval", help="directory for the table and plots")
     e.add_argument("--k", type=int, default=10)
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    e.add_argument("--batch-ms", type=float, default=None, metavar="MS",
+                   help="also close a batch MS of event time after its first event, as the "
+                        f"worker's --batch-ms (its default: {BATCH_MS}) cuts the stream live; "
+                        "default: by size alone, as a fast replay fills them")  # fmt: skip
     e.add_argument("--blend-k", type=float, default=5.0)
     e.add_argument("--session-weight", type=float, default=None,
                    help="the online learner's skip-gram weight (default: worker's)")  # fmt: skip

@@ -27,6 +27,7 @@ import numpy as np
 from prometheus_client import Gauge
 
 from paramserver.stores import RowStore
+from stream.batching import BATCH_MS, BATCH_SIZE
 from stream.checkpoint import checkpoint_writes
 from stream.core import BatchOutput, RawRecord, WorkerCore
 from stream.metrics import WorkerMetrics
@@ -42,8 +43,8 @@ class WorkerConfig:
     bootstrap: str = "127.0.0.1:9092"
     app_id: str = "streambed-worker"
     topics: Topics = field(default_factory=Topics)
-    batch_size: int = 256
-    batch_ms: int = 50
+    batch_size: int = BATCH_SIZE
+    batch_ms: int = BATCH_MS
     idle_grace_ms: int = 200
     checkpoint_seconds: float = 1.0
     # how long the group waits for a member that died without leaving (kill -9) before

@@ -34,6 +34,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from stream.core import RawRecord
 
+BATCH_SIZE = 256  # the worker's micro-batch: at most this many records
+BATCH_MS = 50  # ... whose timestamps lie within this many milliseconds of the first's
+
+
+def window_closed(first_ms: float, ts_ms: float, window_ms: float) -> bool:
+    """Whether a record at ``ts_ms`` falls outside the window of a batch begun at ``first_ms``.
+
+    >>> window_closed(0, 49, 50), window_closed(0, 50, 50)
+    (False, True)
+    """
+    return ts_ms >= first_ms + window_ms
+
 
 class Batcher:
     """One pending batch over everything the worker reads, cut by the records alone.
@@ -58,7 +70,7 @@ class Batcher:
         closed: list[list[RawRecord]] = []
         pending = self._pending
         for rec in records:
-            if pending and rec.timestamp_ms >= pending[0].timestamp_ms + self.window_ms:
+            if pending and window_closed(pending[0].timestamp_ms, rec.timestamp_ms, self.window_ms):
                 closed.append(pending)
                 pending = []
             pending.append(rec)

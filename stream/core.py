@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream.batching import Batcher
+from stream.batching import BATCH_MS, BATCH_SIZE, Batcher
 from stream.content import item_text
 from stream.dedup import RecentIds
 from stream.schemas import Interaction, InvalidEvent, dead_letter, parse_event, parse_item
@@ -86,7 +86,7 @@ class WorkerCore:
         self.trainer = trainer
         self.dedup = dedup if dedup is not None else RecentIds()
         # not `x or default`: a Batcher and RecentIds have __len__, so empty ones are falsy
-        self.batcher = batcher if batcher is not None else Batcher(size=256, window_ms=50)
+        self.batcher = batcher if batcher is not None else Batcher(BATCH_SIZE, BATCH_MS)
         self._next: dict[int, int] = {}  # partition -> offset after the last record taken
 
     def resume(self, offsets: dict[int, int]) -> None:

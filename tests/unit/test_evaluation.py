@@ -114,6 +114,25 @@ def test_an_item_arriving_inside_a_batch_does_not_cut_it() -> None:
     assert result.item_count == [0, 0, 0, 0, 2, 2]
 
 
+def test_batch_ms_closes_a_batch_by_event_time_as_the_worker_window_does() -> None:
+    # events at 0, 0.01, 0.2, 0.21, 0.22 s; a 50 ms window cuts [e0 e1] [e2 e3 e4] (the
+    # worker's Batcher on the same timestamps), size 2 then cuts [e2 e3] [e4]
+    stream: list[Interaction | ItemArrival] = [ItemArrival("i0", "zero", 0.0)]
+    stream += [Interaction(f"e{n}", "u", "i0", "click", t)
+               for n, t in enumerate([0.0, 0.01, 0.2, 0.21, 0.22])]  # fmt: skip
+    by_size = BatchRecorder()
+    prequential(stream, [by_size], fake_encode, EvalConfig(k=1, batch_size=256))
+    assert by_size.batches == [["e0", "e1", "e2", "e3", "e4"]]
+    live = BatchRecorder()
+    result = prequential(stream, [live], fake_encode, EvalConfig(k=1, batch_size=3, batch_ms=50))
+    assert live.batches == [["e0", "e1"], ["e2", "e3", "e4"]]
+    assert result.batches == 2
+    assert live.asked_after == [0, 2]  # e2-e4 were tested after e0-e1 were learnt
+    sized = BatchRecorder()
+    prequential(stream, [sized], fake_encode, EvalConfig(k=1, batch_size=2, batch_ms=50))
+    assert sized.batches == [["e0", "e1"], ["e2", "e3"], ["e4"]]
+
+
 def test_events_on_items_without_content_are_not_targets() -> None:
     stream = [
         ItemArrival("a", "a", 0.0),
@@ -373,6 +392,11 @@ def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
     assert RunConfig().mix == 0.0 and RunConfig(dataset="movielens").mix == DATASET_POPULAR_MIX[
         "movielens"] > 0  # fmt: skip
     assert RunConfig(dataset="movielens", popular_mix=0.0).mix == 0.0
+    # batches close by size alone unless a window is given, as `evaluate --batch-ms` gives it
+    assert RunConfig().eval_config().batch_ms is None
+    assert build_parser({}).parse_args(["evaluate"]).batch_ms is None
+    parsed = build_parser({}).parse_args(["evaluate", "--batch-ms", "50"])
+    assert RunConfig(batch_ms=parsed.batch_ms).eval_config().batch_ms == 50.0
 
 
 def test_popular_mix_gives_users_with_few_updates_part_of_the_popular_list() -> None:
