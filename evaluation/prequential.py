@@ -252,7 +252,6 @@ def prequential(
     batch: list[Interaction] = []  # tested, not yet learnt
     segment: list[Interaction] = []  # not yet tested
     consumed = 0
-    first_ms = 0.0  # event time of the pending batch's first interaction
 
     def flush_arrivals() -> None:
         fresh = [a for a in arrivals if a.item_id not in known]
@@ -316,11 +315,10 @@ def prequential(
             if segment:
                 test_segment()
             flush_arrivals()
-        ms, window = rec.ts * 1000.0, config.batch_ms
-        if window is not None and (batch or segment) and window_closed(first_ms, ms, window):
+        pending, window = batch or segment, config.batch_ms  # its first event opens the window
+        if (window is not None and pending
+                and window_closed(pending[0].ts * 1000.0, rec.ts * 1000.0, window)):  # fmt: skip
             learn_batch()
-        if not (batch or segment):
-            first_ms = ms
         segment.append(rec)
         consumed += 1
         if len(batch) + len(segment) >= config.batch_size:

@@ -522,8 +522,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = _run_config(
         args, out=Path(args.out), k=args.k, batch_size=args.batch_size, batch_ms=args.batch_ms,
-        blend_k=args.blend_k,
-        session_weight=args.session_weight, als_every=args.als_every,
+        blend_k=args.blend_k, session_weight=args.session_weight, als_every=args.als_every,
         als_factors=args.als_factors, knn_alpha=args.knn_alpha, validation=args.validation,
         lr=args.lr, popular_mix=args.popular_mix, popular_window=args.popular_window,
         taste_weight=args.taste_weight, taste_decay=args.taste_decay,
