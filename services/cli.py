@@ -860,7 +860,8 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
         "--lr",
         type=float,
         default=None,
-        help="the online learner's (default: the dataset's, chosen by --validation)",
+        help="the online learner's (default: the dataset's at this cadence, with or "
+        "without --batch-ms, chosen by --validation)",
     )
     e.add_argument("--validation", action="store_true",
                    help="evaluate on the history only (for choosing settings)")  # fmt: skip

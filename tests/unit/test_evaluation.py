@@ -15,6 +15,7 @@ from evaluation.prequential import EvalConfig, EvalResult, prequential, top_k
 from evaluation.report import write
 from evaluation.run import (
     DATASET_LR,
+    DATASET_LR_LIVE,
     DATASET_POPULAR_MIX,
     DATASET_POPULAR_WINDOW,
     DATASET_TRAIN,
@@ -397,6 +398,11 @@ def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
     assert build_parser({}).parse_args(["evaluate"]).batch_ms is None
     parsed = build_parser({}).parse_args(["evaluate", "--batch-ms", "50"])
     assert RunConfig(batch_ms=parsed.batch_ms).eval_config().batch_ms == 50.0
+    # the rate is chosen per cadence: per-event batches want their own on MovieLens
+    live = RunConfig(dataset="movielens", batch_ms=50.0)
+    assert live.train().lr == DATASET_LR_LIVE["movielens"] != movielens.lr
+    assert RunConfig(batch_ms=50.0).train().lr == DATASET_LR["generator"] == TrainConfig.lr
+    assert RunConfig(dataset="movielens", batch_ms=50.0, lr=0.3).train().lr == 0.3
 
 
 def test_popular_mix_gives_users_with_few_updates_part_of_the_popular_list() -> None:
