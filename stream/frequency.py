@@ -33,18 +33,22 @@ class ItemFrequency:
         self._scale = 1.0  # counts are stored divided by the running decay factor
         self._changed: set[str] = set()
         self._gone: set[str] = set()
+        self._order: list[str] | None = None  # the ids sorted, for sample (None: stale)
 
     def observe(self, items: Iterable[str]) -> None:
         self._scale /= self.decay
         if self._scale > 1e12:
             self._rescale()
         for item in items:
+            if item not in self._counts:
+                self._order = None
             self._counts[item] = self._counts.get(item, 0.0) + self._scale
             self._total += self._scale
             self._changed.add(item)
 
     def add(self, counts: Mapping[str, float]) -> None:
         """Seed counts (e.g. from the bootstrap history) without a decay step."""
+        self._order = None
         for item, count in counts.items():
             self._counts[item] = self._counts.get(item, 0.0) + count * self._scale
             self._total += count * self._scale
@@ -55,6 +59,7 @@ class ItemFrequency:
         for item in items:
             count = self._counts.pop(item, None)
             if count is not None:
+                self._order = None
                 self._total -= count
                 self._changed.discard(item)
                 self._gone.add(item)
@@ -68,6 +73,7 @@ class ItemFrequency:
 
     def restore(self, counts: dict[str, float], total: float, scale: float) -> None:
         self._counts, self._total, self._scale = dict(counts), total, scale
+        self._order = None
 
     def counts(self, items: Sequence[str]) -> np.ndarray:
         """(Decayed) number of positive events per item; 0 for unseen items."""
@@ -80,6 +86,23 @@ class ItemFrequency:
         counts = self.counts(items)
         denom = self._total / self._scale + len(self._counts) + 1.0
         return (counts + 1.0) / denom
+
+    def sample(self, n: int, rng: np.random.Generator) -> list[str]:
+        """``n`` items drawn with replacement by :meth:`probability` (smoothed counts),
+        among the items seen; none when nothing has been seen. Drawn over the ids in sorted
+        order, so a restored estimate (whatever order its counts come back in) draws what
+        the original would from the same generator state."""
+        if not self._counts or n <= 0:
+            return []
+        if self._order is None:
+            self._order = sorted(self._counts)
+        ids = self._order
+        counts = self._counts
+        weights = np.fromiter((counts[i] for i in ids), dtype=np.float64, count=len(ids))
+        weights = weights / self._scale + 1.0
+        cum = np.cumsum(weights)
+        picks = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
+        return [ids[i] for i in np.minimum(picks, len(ids) - 1).tolist()]
 
     def _rescale(self) -> None:
         factor = 1.0 / self._scale

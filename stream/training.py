@@ -76,6 +76,9 @@ class TrainConfig:
     # 0.3327; softer still (0.5-2) gains recall but loses NDCG there
     temperature: float = 0.2
     negatives: int = 32
+    # where the sampled negatives come from: "uniform" over the item table, or "frequency"
+    # (in proportion to the streaming positive counts, as in-batch negatives of a big batch)
+    negative_sampler: str = "uniform"
     logq: bool = True
     # 0.1: best of 0.2/0.1/0.05/0.02 on the generator's validation replay (README, Learning):
     # recall@10 0.4511 against 0.4345 at 0.2, the old default
@@ -109,6 +112,9 @@ class TrainConfig:
         if self.blend_k < 0 or self.session_weight < 0 or self.taste_weight < 0:
             raise ValueError("blend_k, session_weight and taste_weight must be non-negative")
         Similarity(self.similarity, self.norm_power)  # validates both
+        if self.negative_sampler not in ("uniform", "frequency"):
+            raise ValueError(f"negative_sampler must be uniform or frequency, "
+                             f"got {self.negative_sampler!r}")  # fmt: skip
         if not 0.0 < self.taste_decay <= 1.0:
             raise ValueError(f"taste_decay must be in (0, 1], got {self.taste_decay}")
         if self.taste and self.similarity == "l2":
@@ -219,12 +225,7 @@ class OnlineTrainer:
         user_ids = list(dict.fromkeys(e.user_id for e in batch))
         direct = list(dict.fromkeys(e.item_id for e in batch))
         direct_set = set(direct)
-        seed = int(self._rng.integers(2**63))
-        sampled = [
-            i
-            for i in self.ps.sample(ITEMS, self.config.negatives, seed=seed)
-            if i not in direct_set
-        ]
+        sampled = [i for i in self._negatives() if i not in direct_set]
         candidates = direct + list(dict.fromkeys(sampled))
 
         user_pos = {u: n for n, u in enumerate(user_ids)}
@@ -304,6 +305,13 @@ class OnlineTrainer:
         self.next_sweep = None if sweep is None else float(sweep)
         self.bootstrapped = bool(state.get("bootstrapped", False))
 
+    def _negatives(self) -> list[str]:
+        """This batch's sampled negatives (``negatives`` draws, with replacement)."""
+        if self.config.negative_sampler == "frequency":
+            return self.frequency.sample(self.config.negatives, self._rng)
+        seed = int(self._rng.integers(2**63))
+        return self.ps.sample(ITEMS, self.config.negatives, seed=seed)
+
     def _softmax_loss(
         self,
         batch: list[Interaction],
@@ -319,7 +327,10 @@ class OnlineTrainer:
             # expected appearances of each candidate: in-batch (by popularity) + uniform samples
             n_pos = int(positive.sum())
             p = self.frequency.probability(candidates)
-            q = n_pos * p + self.config.negatives / max(self.ps.size(ITEMS), 1)
+            if self.config.negative_sampler == "frequency":
+                q = (n_pos + self.config.negatives) * p
+            else:
+                q = n_pos * p + self.config.negatives / max(self.ps.size(ITEMS), 1)
             logits = logits - torch.from_numpy(np.log(q)).float()
         logits = logits.masked_fill(_others_liked(batch, positive, labels, logits.shape[1]),
                                     float("-inf"))  # fmt: skip

@@ -155,3 +155,41 @@ def test_item_frequency_follows_counts_and_decays() -> None:
     assert pb > pa
     with pytest.raises(ValueError):
         ItemFrequency(decay=0.0)
+
+
+def test_frequency_sampling_draws_seen_items_by_their_smoothed_counts() -> None:
+    freq = ItemFrequency()
+    assert freq.sample(5, np.random.default_rng(0)) == []
+    freq.observe(["a"] * 89 + ["b"] * 9)  # smoothed: 90 and 10
+    drawn = Counter(freq.sample(20_000, np.random.default_rng(0)))
+    assert set(drawn) == {"a", "b"}
+    assert drawn["a"] / 20_000 == pytest.approx(0.9, abs=0.01)
+
+
+def test_frequency_negatives_leave_items_nobody_took_alone() -> None:
+    """With ``negative_sampler="frequency"`` a catalogue item no one has taken is never a
+    sampled negative, so its row stays where its content put it; uniform sampling moves it."""
+    moved = {}
+    for sampler in ("uniform", "frequency"):
+        t = OnlineTrainer.create(TrainConfig(dim=8, negatives=16, negative_sampler=sampler))
+        t.add_content([f"new{n}" for n in range(8)], np.ones((8, 384), np.float32), now=0.0)
+        ids = [f"new{n}" for n in range(8)]
+        before = t.ps.pull("items", ids)[0].copy()
+        for start in range(0, 60, 6):
+            t.apply([ev(n, f"u{n % 3}", f"i{n % 10}") for n in range(start, start + 6)])
+        moved[sampler] = not np.array_equal(t.ps.pull("items", ids)[0], before)
+    assert moved == {"uniform": True, "frequency": False}
+    with pytest.raises(ValueError, match="negative_sampler"):
+        TrainConfig(negative_sampler="popular")
+
+
+def test_a_restored_frequency_estimate_draws_the_same_negatives() -> None:
+    freq = ItemFrequency()
+    freq.observe(["c", "a", "b", "a", "d"])
+    counts, _, (total, scale) = freq.drain()
+    restored = ItemFrequency()
+    restored.restore(dict(reversed(list(counts.items()))), total, scale)  # another order
+    draws = [f.sample(50, np.random.default_rng(3)) for f in (freq, restored)]
+    assert draws[0] == draws[1]
+    freq.forget(["a"])
+    assert "a" not in freq.sample(200, np.random.default_rng(0))
