@@ -84,7 +84,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     faust_dir.parent.mkdir(parents=True, exist_ok=True)  # faust makes only the last level
     train = TrainConfig(
         dim=args.dim, lr=args.lr, negatives=args.negatives, temperature=args.temperature,
-        optimizer=args.optimizer,
+        optimizer=args.optimizer, negative_sampler=args.negative_sampler,
         min_count=args.min_count, ttl_seconds=args.ttl_seconds, similarity=args.similarity,
         norm_power=args.norm_power, blend_k=args.blend_k, session_weight=args.session_weight,
         fold_in=args.fold_in, fold_in_below=args.fold_in_below, taste_weight=args.taste_weight,
@@ -526,6 +526,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         als_factors=args.als_factors, knn_alpha=args.knn_alpha, validation=args.validation,
         lr=args.lr, popular_mix=args.popular_mix, popular_window=args.popular_window,
         taste_weight=args.taste_weight, taste_decay=args.taste_decay,
+        negative_sampler=args.negative_sampler, sweep=args.sweep,
     )  # fmt: skip
     if args.seeds:
         try:
@@ -631,6 +632,10 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument("--batch-ms", type=int, default=BATCH_MS)
     table_args(w)
     w.add_argument("--negatives", type=int, default=32)
+    w.add_argument("--negative-sampler", choices=("uniform", "frequency"), default="uniform",
+                   help="where the sampled negatives come from: uniform over the item table, "
+                        "or by the items' positive counts (README, Learning: frequency is "
+                        "MovieLens's choice at this cadence)")  # fmt: skip
     w.add_argument("--temperature", type=float, default=0.2,
                    help="softmax temperature of the online loss, fold-in, skip-gram")  # fmt: skip
     w.add_argument(
@@ -863,6 +868,12 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
         help="the online learner's (default: the dataset's at this cadence, with or "
         "without --batch-ms, chosen by --validation)",
     )
+    e.add_argument("--negative-sampler", choices=("uniform", "frequency"), default=None,
+                   help="the online learner's sampled negatives: uniform over the items, or "
+                        "by positive counts (default: the dataset's at this cadence)")  # fmt: skip
+    e.add_argument("--sweep", action="store_true",
+                   help="only online, online without blending and popularity (the bars' "
+                        "comparisons; ~3x faster, for choosing a setting)")  # fmt: skip
     e.add_argument("--validation", action="store_true",
                    help="evaluate on the history only (for choosing settings)")  # fmt: skip
     e.add_argument("--seeds", default="", metavar="S1,S2,...",

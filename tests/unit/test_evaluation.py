@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from evaluation.report import write
 from evaluation.run import (
     DATASET_LR,
     DATASET_LR_LIVE,
+    DATASET_NEGATIVES_LIVE,
     DATASET_POPULAR_MIX,
     DATASET_POPULAR_WINDOW,
     DATASET_TRAIN,
@@ -403,6 +405,13 @@ def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
     assert live.train().lr == DATASET_LR_LIVE["movielens"] != movielens.lr
     assert RunConfig(batch_ms=50.0).train().lr == DATASET_LR["generator"] == TrainConfig.lr
     assert RunConfig(dataset="movielens", batch_ms=50.0, lr=0.3).train().lr == 0.3
+    # and so are the sampled negatives: 256-event batches keep the uniform draws
+    assert movielens.negative_sampler == "uniform" == TrainConfig.negative_sampler
+    assert live.train().negative_sampler == DATASET_NEGATIVES_LIVE["movielens"] == "frequency"
+    parsed = build_parser({}).parse_args(["evaluate", "--negative-sampler", "uniform"])
+    given_live = RunConfig(dataset="movielens", batch_ms=50.0,
+                           negative_sampler=parsed.negative_sampler)  # fmt: skip
+    assert given_live.train().negative_sampler == "uniform"
 
 
 def test_popular_mix_gives_users_with_few_updates_part_of_the_popular_list() -> None:
@@ -428,6 +437,14 @@ def test_popular_mix_gives_users_with_few_updates_part_of_the_popular_list() -> 
     assert "online, no popularity mix" not in [
         m.name for m in build_models(boot, history, RunConfig(dim=8))
     ]
+    # a sweep keeps the two bars' comparisons, with the same learners the full run has
+    cfg = RunConfig(dataset="movielens", dim=8, sweep=True)
+    swept = build_models(boot, history, cfg)
+    assert [m.name for m in swept] == ["online", "online, no blending", "popularity"]
+    full = {m.name: m for m in build_models(boot, history, replace(cfg, sweep=False))}
+    for m in swept[:2]:
+        assert isinstance(m, Streambed) and m.trainer.config == full[m.name].trainer.config
+    assert build_parser({}).parse_args(["evaluate", "--sweep"]).sweep
 
 
 def test_every_model_falls_back_on_the_baselines_popularity_history_included() -> None:
