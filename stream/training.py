@@ -3,8 +3,9 @@
 Per micro-batch of valid interactions:
 
 * positives (view/click/like/purchase) form a sampled softmax over the batch's
-  items plus uniformly sampled negatives from the item table, with log-Q
-  correction from a streaming frequency estimate (Yi et al., RecSys 2019);
+  items plus sampled negatives (``negative_sampler``: uniform over the item table,
+  or by the streaming positive counts), with log-Q correction from a streaming
+  frequency estimate (Yi et al., RecSys 2019);
 * skips push their pair's score down with a logistic loss;
 * optionally (``session_weight``), a skip-gram over each session's consecutive
   positives in the batch pulls co-consumed items together (item rows only);
@@ -324,7 +325,7 @@ class OnlineTrainer:
         logits = scores[positive]
         labels = i_idx[positive]
         if self.config.logq:
-            # expected appearances of each candidate: in-batch (by popularity) + uniform samples
+            # expected appearances of each candidate: in-batch (by popularity) + sampled ones
             n_pos = int(positive.sum())
             p = self.frequency.probability(candidates)
             if self.config.negative_sampler == "frequency":
