@@ -269,15 +269,14 @@ def build_models(boot: Bootstrapped, history: list[Record], cfg: RunConfig) -> l
     # every model's popular list is the baseline's: same window, the history included
     common: dict[str, Any] = {"history": events, "popular_window": cfg.window}
     mixed = {**common, "popular_mix": cfg.mix}
-    if cfg.sweep:
-        return [
-            Streambed("online", boot, cfg.train(), **mixed),
-            Streambed("online, no blending", boot, cfg.train(blend_k=0.0), **mixed),
-            popularity,
-        ]
-    models: list[Model] = [
+    learners: list[Model] = [
         Streambed("online", boot, cfg.train(), **mixed),
         Streambed("online, no blending", boot, cfg.train(blend_k=0.0), **mixed),
+    ]
+    if cfg.sweep:
+        return [*learners, popularity]
+    models: list[Model] = [
+        *learners,
         Streambed("frozen bootstrap", boot, cfg.train(), online=False, **common),
         popularity,
         ALS(
@@ -338,9 +337,10 @@ def run(cfg: RunConfig, encode: Callable[[list[str]], np.ndarray] | None = None)
             prior_seen=[r for r in history if isinstance(r, Interaction)],
         )  # fmt: skip
     meta: dict[str, Any] = {k: str(v) for k, v in asdict(cfg).items()}
-    meta.update(online_lr=cfg.train().lr, online_temperature=cfg.train().temperature,
-                online_negatives=cfg.train().negative_sampler,
-                fold_in=cfg.train().fold_in, popular_mix=cfg.mix, popular_window=cfg.window,
+    online = cfg.train()
+    meta.update(online_lr=online.lr, online_temperature=online.temperature,
+                online_negatives=online.negative_sampler,
+                fold_in=online.fold_in, popular_mix=cfg.mix, popular_window=cfg.window,
                 history_events=n_hist, evaluated_events=n_rest, batches=result.batches,
                 seconds=round(time.monotonic() - started, 1))  # fmt: skip
     paths = report.write(result, meta, cfg.out)

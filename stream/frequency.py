@@ -97,10 +97,7 @@ class ItemFrequency:
         if self._order is None:
             self._order = sorted(self._counts)
         ids = self._order
-        counts = self._counts
-        weights = np.fromiter((counts[i] for i in ids), dtype=np.float64, count=len(ids))
-        weights = weights / self._scale + 1.0
-        cum = np.cumsum(weights)
+        cum = np.cumsum(self.probability(ids))
         picks = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
         return [ids[i] for i in np.minimum(picks, len(ids) - 1).tolist()]
 
