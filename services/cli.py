@@ -88,7 +88,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         min_count=args.min_count, ttl_seconds=args.ttl_seconds, similarity=args.similarity,
         norm_power=args.norm_power, blend_k=args.blend_k, session_weight=args.session_weight,
         fold_in=args.fold_in, fold_in_below=args.fold_in_below, taste_weight=args.taste_weight,
-        taste_decay=args.taste_decay,
+        taste_decay=args.taste_decay, calibrate=args.calibrate,
     )  # fmt: skip
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topics=_topics(args),
@@ -526,7 +526,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         als_factors=args.als_factors, knn_alpha=args.knn_alpha, validation=args.validation,
         lr=args.lr, popular_mix=args.popular_mix, popular_window=args.popular_window,
         taste_weight=args.taste_weight, taste_decay=args.taste_decay,
-        negative_sampler=args.negative_sampler, sweep=args.sweep,
+        negative_sampler=args.negative_sampler, sweep=args.sweep, calibrate=args.calibrate,
     )  # fmt: skip
     if args.seeds:
         try:
@@ -636,6 +636,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
                    help="where the sampled negatives come from: uniform over the item table, "
                         "or by the items' positive counts (README, Learning: frequency is "
                         "MovieLens's choice at this cadence)")  # fmt: skip
+    w.add_argument("--calibrate", action="store_true",
+                   help="with --taste-weight: score each half by its z-score over the "
+                        "catalogue (served vectors 2 * --dim + 2 long; README)")  # fmt: skip
     w.add_argument("--temperature", type=float, default=0.2,
                    help="softmax temperature of the online loss, fold-in, skip-gram")  # fmt: skip
     w.add_argument(
@@ -871,6 +874,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     e.add_argument("--negative-sampler", choices=("uniform", "frequency"), default=None,
                    help="the online learner's sampled negatives: uniform over the items, or "
                         "by positive counts (default: the dataset's at this cadence)")  # fmt: skip
+    e.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="score the content-taste half by its z-score over the catalogue, as "
+                        "behaviour's (default: the dataset's at this cadence)")  # fmt: skip
     e.add_argument("--sweep", action="store_true",
                    help="only online, online without blending and popularity (the bars' "
                         "comparisons; ~3x faster, for choosing a setting)")  # fmt: skip

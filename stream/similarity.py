@@ -31,6 +31,21 @@ the slots and fills the rest from the popular list.
 
 >>> interleave(["p1", "p2", "p3"], ["q1", "p2", "q2"], share=0.5, k=4)
 ['p1', 'q1', 'p2', 'q2']
+
+With a content taste the two halves are scored on their own scales, which differ (and
+move with the learning rate). :func:`calibrated_items` and :func:`calibrated_users` score
+each half by how far it stands out for that user over the catalogue, its z-score, still
+as one inner product: ``a * z_behaviour + (1 - a) * weight * z_content``.
+
+>>> rng = np.random.default_rng(0)
+>>> b, c = unit(rng.normal(size=(50, 4))), unit(rng.normal(size=(50, 4)))
+>>> u, t = unit(rng.normal(size=(1, 4))), unit(rng.normal(size=(1, 4)))
+>>> a = np.full((50, 1), 0.25)
+>>> served = calibrated_users(u, t, Moments.of(b), Moments.of(c), weight=0.5)
+>>> scores = served @ calibrated_items(a, b, c).T
+>>> z = lambda s: (s - s.mean()) / s.std()
+>>> bool(np.allclose(scores, 0.25 * z(u @ b.T) + 0.75 * 0.5 * z(t @ c.T), atol=1e-5))
+True
 """
 
 from __future__ import annotations
@@ -116,6 +131,51 @@ def interleave(personal: Sequence[T], popular: Sequence[T], share: float, k: int
             placed.add(item)
             out.append(item)
     return out
+
+
+@dataclass(frozen=True)
+class Moments:
+    """The mean and covariance of a set of served vectors (one half of the catalogue): what a
+    user's scores over that set average (``u @ mean``) and spread (``sqrt(u cov u)``)."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Moments:
+        """The moments of the rows of ``x`` (none: a zero mean and unit spread every way)."""
+        x = np.asarray(x, dtype=np.float64)
+        if len(x) == 0:
+            return cls(np.zeros(x.shape[1]), np.eye(x.shape[1]))
+        mean = x.mean(axis=0)
+        centred = x - mean
+        return cls(mean, centred.T @ centred / len(x))
+
+    def standardise(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of ``u``: the mean of its scores over the set, and their spread."""
+        u = np.asarray(u, dtype=np.float64)
+        spread = np.sqrt(np.maximum(np.einsum("nd,de,ne->n", u, self.cov, u), 1e-12))
+        return u @ self.mean, spread
+
+
+def calibrated_items(a: np.ndarray, behaviour: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """Served items ``[a * behaviour, (1 - a) * content, a, 1 - a]`` (``a``: (n, 1))."""
+    return np.concatenate([a * behaviour, (1.0 - a) * content, a, 1.0 - a], axis=1).astype(
+        np.float32
+    )
+
+
+def calibrated_users(
+    users: np.ndarray, tastes: np.ndarray, behaviour: Moments, content: Moments, weight: float
+) -> np.ndarray:
+    """Served users whose inner product with :func:`calibrated_items` is ``a * (B - mean_B) /
+    sd_B + (1 - a) * weight * (C - mean_C) / sd_C``, ``B``/``C`` the user's scores of an
+    item's behaviour/content and the means and spreads those of the catalogue's."""
+    mean_b, sd_b = behaviour.standardise(users)
+    mean_c, sd_c = content.standardise(tastes)
+    halves = [users / sd_b[:, None], weight * tastes / sd_c[:, None],
+              (-mean_b / sd_b)[:, None], (-weight * mean_c / sd_c)[:, None]]  # fmt: skip
+    return np.concatenate(halves, axis=1).astype(np.float32)
 
 
 def _norm(x: A) -> A:

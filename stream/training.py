@@ -47,9 +47,20 @@ from paramserver.ps import ParameterServer, ParamServerAPI
 from stream.frequency import ItemFrequency
 from stream.model import TwoTower, freeze
 from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
-from stream.similarity import Similarity, blend_weight, unit
+from stream.similarity import (
+    Moments,
+    Similarity,
+    blend_weight,
+    calibrated_items,
+    calibrated_users,
+    unit,
+)
 
 USERS, ITEMS, CONTENT, TASTE = "users", "items", "content", "taste"
+# calibrated serving: the catalogue's moments are estimated from this many rows of each half,
+# drawn afresh after this many steps and content arrivals (a read of the PS; no state)
+MOMENTS_SAMPLE = 4096
+MOMENTS_EVERY = 64
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,11 @@ class TrainConfig:
     served vectors are the two halves side by side (``served_dim`` = 2 * ``dim``;
     inner-product ranking, so not with ``l2``). 0: off. ``taste_decay``: a taste row is
     multiplied by it for each new positive, so the latest items weigh most (1: a plain sum).
+    ``calibrate`` (with a taste): each half is scored by its z-score over the catalogue for
+    that user, ``a * z(cos(user, behaviour)) + (1 - a) * taste_weight * z(cos(taste,
+    content))``, so a young item's content half is weighed on the scale its behaviour half
+    would be (:func:`~stream.similarity.calibrated_users`; ``served_dim`` = 2 * ``dim`` + 2).
+    Serving only: training is the same either way.
     """
 
     dim: int = 32
@@ -105,6 +121,7 @@ class TrainConfig:
     fold_in_below: int = 3
     taste_weight: float = 0.0
     taste_decay: float = 1.0
+    calibrate: bool = False
     type_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
 
     def __post_init__(self) -> None:
@@ -120,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"taste_decay must be in (0, 1], got {self.taste_decay}")
         if self.taste and self.similarity == "l2":
             raise ValueError("taste_weight > 0 scores by inner product: use cosine or dot, not l2")
+        if self.calibrate and self.taste_weight <= 0:
+            raise ValueError("calibrate weighs the content-taste half: it needs taste_weight > 0")
 
     @property
     def taste(self) -> bool:
@@ -127,8 +146,15 @@ class TrainConfig:
         return self.taste_weight > 0 and self.blend_k > 0
 
     @property
+    def calibrated(self) -> bool:
+        """Whether the halves are scored calibrated (``calibrate`` with a taste)."""
+        return self.calibrate and self.taste
+
+    @property
     def served_dim(self) -> int:
         """The length of served user and item vectors (what the index holds)."""
+        if self.calibrated:
+            return 2 * self.dim + 2
         return 2 * self.dim if self.taste else self.dim
 
     @property
@@ -196,6 +222,8 @@ class OnlineTrainer:
         self._rng = np.random.default_rng(config.seed)
         self.next_sweep: float | None = None
         self.bootstrapped = False  # rows and counts came from a bootstrap (checkpointed)
+        self._changes = 0  # steps and content arrivals: when to re-estimate the moments
+        self._moments: tuple[int, Moments, Moments] | None = None
 
     @classmethod
     def create(cls, config: TrainConfig, ps: ParamServerAPI | None = None) -> OnlineTrainer:
@@ -212,6 +240,7 @@ class OnlineTrainer:
         weighted = [(e, w) for e, w in weighted if w != 0.0]
         if not weighted:
             return StepStats(0, 0, 0.0, (), ())
+        self._changes += 1
         now = max(e.ts for e, _ in weighted)
         # admission: every sighting counts; only events whose user and item have rows train
         user_ok = self.ps.admit(USERS, [e.user_id for e, _ in weighted], now=now)
@@ -434,6 +463,7 @@ class OnlineTrainer:
         with torch.inference_mode():
             rows = self.towers.content(torch.from_numpy(np.asarray(text, np.float32))).numpy()
         self.ps.put(CONTENT, ids, rows, now=now)
+        self._changes += 1
         if self.config.blend_k <= 0 or not self.config.content_init:
             return []
         _, hit = self.ps.pull(ITEMS, ids)
@@ -473,6 +503,8 @@ class OnlineTrainer:
         ``taste``: ``[a * behaviour, (1 - a) * taste_weight * content]`` (``served_dim``).
         """
         behaviour, content, a, hit, has_content = self._item_parts(ids)
+        if self.config.calibrated:
+            return calibrated_items(a, behaviour, content), hit | has_content
         if self.config.taste:
             halves = (a * behaviour, (1.0 - a) * self.config.taste_weight * content)
             return np.concatenate(halves, axis=1).astype(np.float32), hit | has_content
@@ -490,8 +522,36 @@ class OnlineTrainer:
         blended with the mean of those items' vectors (a user with no row at all is
         served that mean); with neither, there is no vector (popularity is the caller's
         fallback). With ``taste``: ``[user, taste]``, each half blended with its own
-        session mean (the items' blended vectors; their content vectors).
+        session mean (the items' blended vectors; their content vectors); ``calibrated``:
+        those halves standardised by the catalogue's moments.
         """
+        served, hit = self._user_halves(ids, recent)
+        if not self.config.calibrated:
+            return served, hit
+        behaviour, content = self._catalogue()
+        d = self.config.dim
+        return calibrated_users(served[:, :d], served[:, d:], behaviour, content,
+                                self.config.taste_weight), hit  # fmt: skip
+
+    def _catalogue(self) -> tuple[Moments, Moments]:
+        """The moments of the catalogue's served behaviour and content vectors, estimated
+        from a uniform sample of each table's rows, re-drawn every ``MOMENTS_EVERY`` changes
+        (seeded by the change count, so a replay draws the same)."""
+        if self._moments is None or self._changes - self._moments[0] >= MOMENTS_EVERY:
+            rng = np.random.default_rng([self.config.seed, self._changes])
+            items, texts = (self.ps.sample(t, MOMENTS_SAMPLE, seed=int(rng.integers(2**63)))
+                            for t in (ITEMS, CONTENT))  # fmt: skip
+            with torch.inference_mode():
+                rows = torch.from_numpy(self.ps.pull(ITEMS, items)[0])
+                behaviour = self.sim.serve_items(self.towers.items(rows)).numpy()
+            content, _ = self._content(texts)
+            self._moments = (self._changes, Moments.of(behaviour), Moments.of(content))
+        return self._moments[1], self._moments[2]
+
+    def _user_halves(
+        self, ids: Sequence[str], recent: Mapping[str, Sequence[str]] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Served user vectors before calibration (see :meth:`user_vectors`)."""
         rows, hit = self.ps.pull(USERS, ids)
         vectors = self.sim.serve_users(self.towers.users(torch.from_numpy(rows))).numpy()
         taste = self.config.taste

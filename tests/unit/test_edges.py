@@ -59,7 +59,7 @@ def test_worker_learning_defaults_are_the_trainers() -> None:
     args = build_parser({}).parse_args(["worker"])
     defaults = TrainConfig()
     names = ("lr", "temperature", "negatives", "blend_k", "session_weight", "fold_in",
-             "negative_sampler")  # fmt: skip
+             "negative_sampler", "calibrate")  # fmt: skip
     assert {n: getattr(args, n) for n in names} == {n: getattr(defaults, n) for n in names}
     assert build_parser({}).parse_args(["worker", "--temperature", "1"]).temperature == 1.0
 

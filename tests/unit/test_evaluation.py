@@ -21,6 +21,7 @@ from evaluation.run import (
     DATASET_POPULAR_MIX,
     DATASET_POPULAR_WINDOW,
     DATASET_TRAIN,
+    DATASET_TRAIN_LIVE,
     CachedEncoder,
     RunConfig,
     build_models,
@@ -412,6 +413,17 @@ def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
     given_live = RunConfig(dataset="movielens", batch_ms=50.0,
                            negative_sampler=parsed.negative_sampler)  # fmt: skip
     assert given_live.train().negative_sampler == "uniform"
+    # and so is how the content half is weighed: calibrated on MovieLens live, at its weight
+    assert live.train().calibrated and not movielens.calibrate
+    assert live.train().taste_weight == DATASET_TRAIN_LIVE["movielens"]["taste_weight"]
+    assert not RunConfig(batch_ms=50.0).train().calibrate
+    assert not live.train(blend_k=0.0).calibrated  # no blending, no halves to weigh
+    assert not live.train(taste_weight=0.0).calibrate  # no content taste: nothing to calibrate
+    parsed = build_parser({}).parse_args(["evaluate", "--no-calibrate", "--taste-weight", "0.6"])
+    off = RunConfig(dataset="movielens", batch_ms=50.0, calibrate=parsed.calibrate,
+                    taste_weight=parsed.taste_weight).train()  # fmt: skip
+    assert not off.calibrate and off.taste_weight == DATASET_TRAIN["movielens"]["taste_weight"]
+    assert build_parser({}).parse_args(["evaluate"]).calibrate is None
 
 
 def test_popular_mix_gives_users_with_few_updates_part_of_the_popular_list() -> None:

@@ -441,3 +441,69 @@ def test_a_taste_trainer_refuses_a_ps_without_the_taste_table() -> None:
     with pytest.raises(ValueError, match="--taste-weight"):
         OnlineTrainer(ParameterServer(plain.tables()), TwoTower.create(8),
                       TrainConfig(dim=8, taste_weight=0.5))  # fmt: skip
+
+
+def test_calibrated_serving_scores_each_half_by_its_z_score_over_the_catalogue() -> None:
+    """With ``calibrate``, an item scores ``a * z(behaviour) + (1 - a) * g * z(content)``:
+    each half standardised by the catalogue's mean and spread for that user, so a young
+    item's content is weighed on the scale behaviour is. Training is untouched."""
+    plain = content_trainer(taste_weight=0.7, session_weight=0.0)
+    cal = content_trainer(taste_weight=0.7, session_weight=0.0, calibrate=True)
+    ids = [f"i{k}" for k in range(40)]
+    for t in (plain, cal):
+        t.add_content(ids, text_of(40, seed=3), now=0.0)
+        for n in range(3):
+            t.apply(clicks(12, items=40, offset=12 * n))
+    for table in (USERS, ITEMS, TASTE):  # serving only: the same rows either way
+        np.testing.assert_array_equal(cal.ps.pull(table, ids)[0], plain.ps.pull(table, ids)[0])
+    assert cal.config.served_dim == 2 * 8 + 2
+    items, hit = cal.item_vectors(ids)
+    users, _ = cal.user_vectors(["u0", "u1"])
+    assert hit.all() and items.shape == (40, 18) and users.shape == (2, 18)
+    behaviour, content, a, _, _ = cal._item_parts(ids)
+    halves, _ = plain.user_vectors(["u0", "u1"])
+    u, taste = halves[:, :8], halves[:, 8:]
+    # the sample is drawn with replacement from the 40 rows: its moments are an estimate
+    z = lambda s: (s - s.mean(axis=1, keepdims=True)) / s.std(axis=1, keepdims=True)  # noqa: E731
+    exact = a.T * z(u @ behaviour.T) + (1 - a.T) * 0.7 * z(taste @ content.T)
+    np.testing.assert_allclose(users @ items.T, exact, atol=0.05)
+    top = np.argsort(-(users @ items.T), axis=1)[:, :3]
+    assert (top == np.argsort(-exact, axis=1)[:, :3]).all()
+
+
+def test_calibrated_moments_follow_the_catalogue_and_replay_the_same() -> None:
+    first, again = (content_trainer(taste_weight=0.5, calibrate=True) for _ in range(2))
+    for t in (first, again):
+        t.add_content([f"i{k}" for k in range(6)], text_of(6), now=0.0)
+        t.apply(clicks(12))
+    np.testing.assert_array_equal(first.user_vectors(["u0"])[0], again.user_vectors(["u0"])[0])
+    before = first._catalogue()[1].mean.copy()
+    first.add_content([f"n{k}" for k in range(60)], text_of(60, seed=8), now=1.0)
+    for n in range(64):  # MOMENTS_EVERY changes later the estimate is re-drawn
+        first.apply(clicks(6, offset=12 + 6 * n))
+    assert not np.allclose(first._catalogue()[1].mean, before)
+
+
+def test_calibrate_needs_a_taste_and_is_inert_without_blending() -> None:
+    with pytest.raises(ValueError, match="taste_weight"):
+        TrainConfig(calibrate=True)
+    off = TrainConfig(dim=8, taste_weight=0.5, calibrate=True, blend_k=0.0)
+    assert not off.calibrated and off.served_dim == 8
+    empty = content_trainer(taste_weight=0.5, calibrate=True)  # no rows yet: still serves
+    vec, hit = empty.user_vectors(["u0"], {"u0": []})
+    assert vec.shape == (1, 18) and hit.tolist() == [False]
+
+
+def test_a_calibrated_worker_publishes_what_the_trainer_serves() -> None:
+    from stream.core import RawRecord, WorkerCore
+
+    core = WorkerCore(content_trainer(taste_weight=1.0, calibrate=True))
+    core.trainer.add_content([f"i{k}" for k in range(6)], text_of(6), now=0.0)
+    event = b'{"event_id":"e1","user_id":"u1","item_id":"i1","type":"click","ts":5}'
+    out = core.process([RawRecord(event, 1000)])
+    assert out.items and out.users
+    item, user = out.items[0], out.users[0]
+    assert len(item.vector) == len(user.vector) == core.trainer.config.served_dim == 18
+    served, _ = core.trainer.user_vectors(["u1"], {"u1": ["i1"]})  # blended with its batch
+    np.testing.assert_allclose(user.vector, served[0], atol=1e-6)
+    np.testing.assert_allclose(item.vector, core.trainer.item_vectors([item.key])[0][0], atol=1e-6)
