@@ -44,7 +44,10 @@ log = logging.getLogger("streambed.evaluation")
 
 
 class Popularity:
-    """Top items by positive events among the last ``window`` positives (ties: arrival order).
+    """Top items by positive events among the last ``window`` positives.
+
+    Counts tied at the k-th place are cut in ``np.argpartition``'s order (see :func:`top_k`),
+    not by arrival: a known wart, left so that the reports stay comparable.
 
     The candidates' counts are kept between calls (the evaluator's candidates only grow):
     a batch refreshes the items whose count it changed, and the last ranking is reused
