@@ -33,7 +33,12 @@ class ItemFrequency:
         self._scale = 1.0  # counts are stored divided by the running decay factor
         self._changed: set[str] = set()
         self._gone: set[str] = set()
-        self._order: list[str] | None = None  # the ids sorted, for sample (None: stale)
+        # for sample: the ids sorted, their stored counts in that order, and the ids whose
+        # count moved since (None: the set of ids changed, rebuild)
+        self._order: list[str] | None = None
+        self._pos: dict[str, int] = {}
+        self._stored = np.zeros(0)
+        self._moved: set[str] = set()
 
     def observe(self, items: Iterable[str]) -> None:
         self._scale /= self.decay
@@ -45,6 +50,7 @@ class ItemFrequency:
             self._counts[item] = self._counts.get(item, 0.0) + self._scale
             self._total += self._scale
             self._changed.add(item)
+            self._moved.add(item)
 
     def add(self, counts: Mapping[str, float]) -> None:
         """Seed counts (e.g. from the bootstrap history) without a decay step."""
@@ -94,12 +100,25 @@ class ItemFrequency:
         the original would from the same generator state."""
         if not self._counts or n <= 0:
             return []
-        if self._order is None:
-            self._order = sorted(self._counts)
-        ids = self._order
-        cum = np.cumsum(self.probability(ids))
+        ids = self._sorted()
+        denom = self._total / self._scale + len(self._counts) + 1.0
+        cum = np.cumsum((self._stored / self._scale + 1.0) / denom)  # probability(ids)
         picks = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
         return [ids[i] for i in np.minimum(picks, len(ids) - 1).tolist()]
+
+    def _sorted(self) -> list[str]:
+        """The ids in sorted order, with ``_stored`` brought up to date: rebuilt when the set
+        of ids changed, else only the moved counts written (O(batch), not O(items))."""
+        if self._order is None:
+            self._order = sorted(self._counts)
+            self._pos = {item: n for n, item in enumerate(self._order)}
+            self._stored = np.fromiter((self._counts[i] for i in self._order), np.float64,
+                                       count=len(self._order))  # fmt: skip
+        elif self._moved:
+            rows = [self._pos[i] for i in self._moved]
+            self._stored[rows] = [self._counts[i] for i in self._moved]
+        self._moved.clear()
+        return self._order
 
     def _rescale(self) -> None:
         factor = 1.0 / self._scale
@@ -107,6 +126,7 @@ class ItemFrequency:
         self._total *= factor
         self._scale = 1.0
         self._changed = set(self._counts)
+        self._order = None
 
 
 # what "popular" counts by default: the last 20k positives (a replica's --popular-window)

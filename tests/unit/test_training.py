@@ -193,3 +193,22 @@ def test_a_restored_frequency_estimate_draws_the_same_negatives() -> None:
     assert draws[0] == draws[1]
     freq.forget(["a"])
     assert "a" not in freq.sample(200, np.random.default_rng(0))
+
+
+def test_frequency_sampling_kept_up_to_date_draws_what_a_rebuilt_estimate_draws() -> None:
+    """``sample`` keeps its sorted weights between calls and writes only the moved counts;
+    after any mix of observing, decaying, seeding, forgetting and rescaling it draws
+    exactly what a freshly restored copy (which rebuilds them) draws."""
+    rng = np.random.default_rng(7)
+    freq = ItemFrequency(decay=0.9)  # 0.9 ** -263 > 1e12: the counts rescale once in the loop
+    for step in range(400):
+        freq.observe([f"i{n}" for n in rng.integers(0, 60, size=5)])
+        if step % 50 == 0:
+            freq.add({"seeded": 3.0})
+        if step % 70 == 69:
+            freq.forget(["i1", "i2"])
+        if step % 3 == 0:  # between draws: 1-3 batches of updates, written incrementally
+            fresh = ItemFrequency(decay=0.9)
+            fresh.restore(freq._counts, freq._total, freq._scale)
+            draws = [f.sample(64, np.random.default_rng(step)) for f in (freq, fresh)]
+            assert draws[0] == draws[1]
