@@ -22,12 +22,11 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from stream.frequency import ItemFrequency
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def baseline_draw(
@@ -75,13 +74,14 @@ def measure(items: int, batch: int, negatives: int, seconds: float) -> dict[str,
     return {"items": items, "baseline_steps_s": base, "sample_steps_s": ours, "ratio": ours / base}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", default="10000,100000,1000000")
     p.add_argument("--batch", type=int, default=12, help="positives per step (a live batch)")
     p.add_argument("--negatives", type=int, default=32)
     p.add_argument("--seconds", type=float, default=2.0)
-    args = p.parse_args()
+    p.add_argument("--out", default="bench/results/sampler.json")
+    args = p.parse_args(argv)
     rows = []
     print(f"{'items':>9}  {'baseline steps/s':>16}  {'sample steps/s':>14}  ratio")
     for items in (int(x) for x in args.items.split(",")):
@@ -89,11 +89,12 @@ def main() -> None:
         rows.append(row)
         print(f"{items:>9,}  {row['baseline_steps_s']:>16,.0f}  {row['sample_steps_s']:>14,.0f}"
               f"  {row['ratio']:.1f}x")  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "sampler.json"
-    out.write_text(json.dumps({"batch": args.batch, "negatives": args.negatives, "rows": rows},
-                              indent=2))  # fmt: skip
+    results = {"batch": args.batch, "negatives": args.negatives, "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
+    return results
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import ann, http
+from bench import ann, http, sampler
 
 
 def test_ann_benchmark_runs_and_reports_every_contender(tmp_path: Path) -> None:
@@ -29,3 +29,11 @@ def test_http_benchmark_runs_against_a_real_server(tmp_path: Path) -> None:
     row = results["runs"][2]
     assert row["recommendations k=10"]["requests"] > 0
     assert all(r["errors"] == 0 for r in row.values())
+
+
+def test_sampler_benchmark_checks_both_draws_agree_and_times_them(tmp_path: Path) -> None:
+    # measure() raises if the incremental draw and the re-read-every-count one ever differ
+    results = sampler.main(["--items", "500,3000", "--seconds", "0.1",
+                            "--out", str(tmp_path / "sampler.json")])  # fmt: skip
+    assert [r["items"] for r in results["rows"]] == [500, 3000]
+    assert all(r["baseline_steps_s"] > 0 and r["sample_steps_s"] > 0 for r in results["rows"])
