@@ -310,7 +310,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     )  # fmt: skip
     seen = SeenItems(args.seen_items, args.seen_users) if args.seen_items > 0 else None
     state = ServingState(args.dim, index, seen=seen, popular_mix=args.popular_mix,
-                         popular_window=args.popular_window)  # fmt: skip
+                         popular_window=args.popular_window,
+                         calibrated=args.calibrated)  # fmt: skip
     registry.register(IndexCollector(lambda: state.index))
     save_dir: Path | None = Path(args.save_dir or f".streambed/api-{args.port}")
     if args.save_seconds <= 0:
@@ -709,6 +710,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
                    help="served vectors' length: the worker's --dim, twice it with "
                         "--taste-weight (other lengths are skipped and counted)")  # fmt: skip
     a.add_argument("--space", default="ip", choices=["ip", "cosine", "l2"])
+    a.add_argument("--calibrated", action="store_true",
+                   help="the worker runs with --calibrate (--dim 2 * dim + 2): item-item "
+                        "similarity leaves out the 2 coordinates for users' offsets")  # fmt: skip
     a.add_argument("--save-dir", help="where the replica saves its index (.streambed/api-PORT)")
     a.add_argument("--save-seconds", type=float, default=60.0, help="0: never save")
     a.add_argument("--worker-group", default="streambed-worker",

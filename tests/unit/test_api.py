@@ -122,3 +122,30 @@ def test_health_stats_metrics_and_openapi(client: TestClient) -> None:
     )
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/recommendations/{user_id}", "/items/{item_id}/similar", "/healthz"} <= set(paths)
+
+
+def test_a_calibrated_replica_leaves_the_offset_coordinates_out_of_similar_items() -> None:
+    """Calibrated item vectors end in ``[a, 1 - a]`` (``stream.similarity``), meant for a
+    user's offsets; between two items they would add ``a1 a2 + (1 - a1)(1 - a2)``, pulling
+    items of the same age together whatever their halves say."""
+    from services.ann.index import IndexConfig
+    from stream.similarity import calibrated_items
+
+    def served(a: float, direction: tuple[float, float]) -> np.ndarray:
+        x = np.array([direction], dtype=np.float32)
+        return calibrated_items(np.array([[a]]), x, x)[0]
+
+    # q: warm; twin: young, the same halves as q; other: warm, its halves orthogonal to q's
+    records = [
+        VectorRecord("q", served(0.9, (1, 0)), 50, 0),
+        VectorRecord("twin", served(0.1, (1, 0)), 1, 0),
+        VectorRecord("other", served(0.9, (0, 1)), 50, 0),
+    ]
+    ranked = {}
+    for calibrated in (False, True):
+        state = ServingState(dim=6, index=IndexConfig(space="ip"), calibrated=calibrated)
+        state.apply_items(records, now_ms=0)
+        ranked[calibrated] = [i for i, _ in state.similar("q", k=2) or []]
+    assert ranked == {False: ["other", "twin"], True: ["twin", "other"]}
+    with pytest.raises(ValueError, match="2 \\* dim \\+ 2"):
+        ServingState(dim=33, calibrated=True)

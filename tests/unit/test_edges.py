@@ -52,6 +52,7 @@ def test_environment_sets_only_the_default_bootstrap() -> None:
     assert build_parser({}).parse_args(["worker"]).bootstrap == DEFAULT_BOOTSTRAP
     api = build_parser({}).parse_args(["api"])
     assert api.host == "127.0.0.1"  # services bind to loopback unless told otherwise
+    assert api.calibrated is False  # as the worker's --calibrate
 
 
 def test_worker_learning_defaults_are_the_trainers() -> None:
