@@ -1,7 +1,8 @@
 """Cold start on the real broker: a worker started from a bootstrap serves new items at once.
 
 The worker runs with users' content tastes on (``--taste-weight``), so served vectors are
-twice ``--dim`` long and the replica is told so (``--dim 64``).
+twice ``--dim`` long and the replica is told so (``--dim 64``); and again with the halves
+calibrated (``--calibrate``: ``2 * dim + 2``, the replica at ``--dim 66 --calibrated``).
 """
 
 from __future__ import annotations
@@ -33,17 +34,25 @@ def boot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bootstrapped, Path]:
     return boot, path
 
 
-@pytest.fixture(scope="module")
+SERVING = {  # worker args beside --init-from, api args
+    "taste": (("--taste-weight", "0.5"), ("--dim", "64")),
+    "calibrated": (("--taste-weight", "1", "--calibrate"), ("--dim", "66", "--calibrated")),
+}
+
+
+@pytest.fixture(scope="module", params=list(SERVING))
 def booted(
+    request: pytest.FixtureRequest,
     kafka_bootstrap: str,
     tmp_path_factory: pytest.TempPathFactory,
     boot: tuple[Bootstrapped, Path],
 ) -> Iterator[LocalPipeline]:
     tag = uuid.uuid4().hex[:8]
+    worker, api = SERVING[request.param]
     config = PipelineConfig(
         tmp_path_factory.mktemp("cold"), bootstrap=kafka_bootstrap, topic_prefix=f"c{tag}-",
-        app_id=f"cold-{tag}", partitions=1, api_args=("--dim", "64"),
-        worker_args=("--init-from", str(boot[1]), "--taste-weight", "0.5"),
+        app_id=f"cold-{tag}", partitions=1, api_args=api,
+        worker_args=("--init-from", str(boot[1]), *worker),
     )  # fmt: skip
     with LocalPipeline(config) as pipe:
         yield pipe
