@@ -89,7 +89,10 @@ class ItemFrequency:
         )  # fmt: skip
 
     def probability(self, items: Sequence[str]) -> np.ndarray:
-        counts = self.counts(items)
+        return self._smoothed(self.counts(items))
+
+    def _smoothed(self, counts: np.ndarray) -> np.ndarray:
+        """(Decayed) counts to probabilities: ``(c_j + 1) / (C + V + 1)``."""
         denom = self._total / self._scale + len(self._counts) + 1.0
         return (counts + 1.0) / denom
 
@@ -101,8 +104,7 @@ class ItemFrequency:
         if not self._counts or n <= 0:
             return []
         ids = self._sorted()
-        denom = self._total / self._scale + len(self._counts) + 1.0
-        cum = np.cumsum((self._stored / self._scale + 1.0) / denom)  # probability(ids)
+        cum = np.cumsum(self._smoothed(self._stored / self._scale))  # probability(ids)
         picks = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
         return [ids[i] for i in np.minimum(picks, len(ids) - 1).tolist()]
 
