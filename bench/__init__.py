@@ -1,1 +1,17 @@
 """Benchmarks: each prints ratios against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def timed(step: Callable[[int], None], n_batches: int, seconds: float) -> tuple[float, int]:
+    """Run ``step(i)`` over the batches (cycling) for about ``seconds``; (elapsed, steps)."""
+    for i in range(3):  # warm-up
+        step(i % n_batches)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        step(done % n_batches)
+        done += 1
+    return time.perf_counter() - started, done

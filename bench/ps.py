@@ -28,13 +28,13 @@ import tempfile
 import time
 import tracemalloc
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from bench import timed
 from paramserver.checkpoint import checkpoint, load_tables
 from paramserver.config import TableConfig
 from paramserver.keys import KeyMap
@@ -51,17 +51,6 @@ def zipf_batches(rows: int, batch: int, n: int, seed: int = 0) -> list[np.ndarra
     ranks = rng.zipf(1.1, size=(n, batch)) - 1
     perm = rng.permutation(rows)  # popular ids scattered over the id space
     return [perm[np.minimum(r, rows - 1)].astype(np.uint64) for r in ranks]
-
-
-def timed(step: Callable[[int], None], n_batches: int, seconds: float) -> tuple[float, int]:
-    """Run ``step(i)`` over the batches (cycling) for about ``seconds``; (elapsed, steps)."""
-    for i in range(3):  # warm-up
-        step(i % n_batches)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        step(done % n_batches)
-        done += 1
-    return time.perf_counter() - started, done
 
 
 def build_table(rows: int, dim: int) -> EmbeddingTable:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench import timed
 from stream.frequency import ItemFrequency
 
 
@@ -36,15 +35,6 @@ def baseline_draw(
     cum = np.cumsum(freq.probability(ids))
     picks = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
     return [ids[i] for i in np.minimum(picks, len(ids) - 1).tolist()]
-
-
-def steps_per_second(step: Callable[[int], None], seconds: float) -> float:
-    step(0)  # warm-up (the contender builds its array here)
-    done, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds and done < 100_000:
-        done += 1
-        step(done)
-    return done / elapsed
 
 
 def measure(items: int, batch: int, negatives: int, seconds: float) -> dict[str, float]:
@@ -62,15 +52,17 @@ def measure(items: int, batch: int, negatives: int, seconds: float) -> dict[str,
             raise AssertionError(f"the draws differ at step {i} ({items:,} items)")
 
     def contender(i: int) -> None:
-        freq.observe(batches[i % 64])
+        freq.observe(batches[i])
         freq.sample(negatives, np.random.default_rng(i))
 
     def baseline(i: int) -> None:
-        freq.observe(batches[i % 64])
+        freq.observe(batches[i])
         baseline_draw(freq, ids, negatives, np.random.default_rng(i))
 
-    base = steps_per_second(baseline, seconds)
-    ours = steps_per_second(contender, seconds)
+    elapsed, steps = timed(baseline, len(batches), seconds)
+    base = steps / elapsed
+    elapsed, steps = timed(contender, len(batches), seconds)
+    ours = steps / elapsed
     return {"items": items, "baseline_steps_s": base, "sample_steps_s": ours, "ratio": ours / base}
 
 
