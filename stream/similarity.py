@@ -50,9 +50,9 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -150,6 +150,18 @@ class Moments:
         mean = x.mean(axis=0)
         centred = x - mean
         return cls(mean, centred.T @ centred / len(x))
+
+    def to_json(self) -> dict[str, list[float] | list[list[float]]]:
+        """JSON-safe lists (a float64 survives JSON's round trip exactly)."""
+        return {"mean": self.mean.tolist(), "cov": self.cov.tolist()}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Moments:
+        mean = np.asarray(raw["mean"], dtype=np.float64)
+        cov = np.asarray(raw["cov"], dtype=np.float64)
+        if mean.ndim != 1 or cov.shape != (len(mean), len(mean)):
+            raise ValueError(f"moments of mismatched shapes: mean {mean.shape}, cov {cov.shape}")
+        return cls(mean, cov)
 
     def standardise(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per row of ``u``: the mean of its scores over the set, and their spread."""

@@ -325,15 +325,27 @@ class OnlineTrainer:
         return evicted
 
     def state(self) -> dict[str, object]:
-        """The trainer's own state (not the tables), JSON-serialisable."""
+        """The trainer's own state (not the tables), JSON-serialisable: with it a resumed
+        trainer makes the same updates, and serves the same calibrated vectors (the change
+        count and the catalogue's moments as last estimated), as an uninterrupted one."""
+        moments = None
+        if self._moments is not None:
+            at, behaviour, content = self._moments
+            moments = {"at": at, "behaviour": behaviour.to_json(), "content": content.to_json()}
         return {"rng": self._rng.bit_generator.state, "next_sweep": self.next_sweep,
-                "bootstrapped": self.bootstrapped}  # fmt: skip
+                "bootstrapped": self.bootstrapped, "changes": self._changes,
+                "moments": moments}  # fmt: skip
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self._rng.bit_generator.state = state["rng"]
         sweep = state.get("next_sweep")
         self.next_sweep = None if sweep is None else float(sweep)
         self.bootstrapped = bool(state.get("bootstrapped", False))
+        self._changes = int(state.get("changes", 0))  # checkpoints before it: re-estimated
+        moments = state.get("moments")
+        self._moments = None if moments is None else (
+            int(moments["at"]), Moments.from_json(moments["behaviour"]),
+            Moments.from_json(moments["content"]))  # fmt: skip
 
     def _negatives(self) -> list[str]:
         """This batch's sampled negatives (``negatives`` draws, with replacement)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -507,3 +508,54 @@ def test_a_calibrated_worker_publishes_what_the_trainer_serves() -> None:
     served, _ = core.trainer.user_vectors(["u1"], {"u1": ["i1"]})  # blended with its batch
     np.testing.assert_allclose(user.vector, served[0], atol=1e-6)
     np.testing.assert_allclose(item.vector, core.trainer.item_vectors([item.key])[0][0], atol=1e-6)
+
+
+def test_a_restored_calibrated_worker_serves_what_an_uninterrupted_one_does() -> None:
+    """The change count and the catalogue's moments travel in the checkpoint: a restarted
+    worker does not re-draw them at another point of the stream, so its published user
+    vectors are those of a worker that never stopped."""
+    from paramserver.stores.memory import MemoryStore
+    from stream.batching import Batcher
+    from stream.checkpoint import checkpoint_writes, restore
+    from stream.core import RawRecord, WorkerCore
+
+    def core(content: bool = True) -> WorkerCore:
+        c = WorkerCore(content_trainer(taste_weight=1.0, calibrate=True),
+                       batcher=Batcher(size=4, window_ms=50))  # fmt: skip
+        if content:  # else restored: the content rows are in the checkpoint's tables
+            c.trainer.add_content([f"i{k}" for k in range(6)], text_of(6), now=0.0)
+        return c
+
+    def feed(c: WorkerCore, events: list[Interaction], start: int) -> np.ndarray:
+        recs = [RawRecord(e.to_json(), 1000 + 10 * n, partition=0, offset=start + n)
+                for n, e in enumerate(events)]  # fmt: skip
+        batches, _ = c.accept(recs)
+        return np.stack([u.vector for b in batches for u in c.process(b).users])
+
+    first, rest = clicks(40), clicks(200, offset=40)
+    steady, crashed, store = core(), core(), MemoryStore()
+    feed(steady, first, 0)
+    feed(crashed, first, 0)
+    assert crashed.trainer._moments is not None  # estimated when the users were published
+    store.commit(checkpoint_writes(crashed, "interactions"))
+    resumed = core(content=False)
+    restore(resumed, store, "interactions")
+    assert resumed.trainer.state() == json.loads(json.dumps(steady.trainer.state()))
+    served = feed(steady, rest, 40)
+    assert len(served) > 40  # published user vectors, re-estimated moments among them
+    np.testing.assert_array_equal(feed(resumed, rest, 40), served)
+    forgetful = core(content=False)  # a checkpoint without them (as written before they were kept)
+    restore(forgetful, store, "interactions")
+    forgetful.trainer.load_state({**resumed.trainer.state(), "changes": 0, "moments": None})
+    assert not np.array_equal(feed(forgetful, rest, 40), served)
+
+
+def test_moments_survive_json_exactly_and_refuse_mismatched_shapes() -> None:
+    from stream.similarity import Moments
+
+    m = Moments.of(np.random.default_rng(0).normal(size=(50, 4)))
+    back = Moments.from_json(json.loads(json.dumps(m.to_json())))
+    np.testing.assert_array_equal(back.mean, m.mean)
+    np.testing.assert_array_equal(back.cov, m.cov)
+    with pytest.raises(ValueError, match="mismatched"):
+        Moments.from_json({"mean": [0.0, 1.0], "cov": [[1.0]]})
