@@ -532,21 +532,26 @@ def test_a_restored_calibrated_worker_serves_what_an_uninterrupted_one_does() ->
         batches, _ = c.accept(recs)
         return np.stack([u.vector for b in batches for u in c.process(b).users])
 
-    first, rest = clicks(40), clicks(200, offset=40)
+    # 100 batches after the checkpoint: the moments are re-drawn (every MOMENTS_EVERY changes)
+    first, rest = clicks(40), clicks(400, offset=40)
     steady, crashed, store = core(), core(), MemoryStore()
     feed(steady, first, 0)
     feed(crashed, first, 0)
     assert crashed.trainer._moments is not None  # estimated when the users were published
     store.commit(checkpoint_writes(crashed, "interactions"))
+    saved = json.loads(json.dumps(crashed.trainer.state()))
     resumed = core(content=False)
     restore(resumed, store, "interactions")
     assert resumed.trainer.state() == json.loads(json.dumps(steady.trainer.state()))
     served = feed(steady, rest, 40)
-    assert len(served) > 40  # published user vectors, re-estimated moments among them
+    assert len(served) > 100 and steady.trainer._moments[0] > saved["moments"]["at"]
     np.testing.assert_array_equal(feed(resumed, rest, 40), served)
     forgetful = core(content=False)  # a checkpoint without them (as written before they were kept)
     restore(forgetful, store, "interactions")
-    forgetful.trainer.load_state({**resumed.trainer.state(), "changes": 0, "moments": None})
+    forgetful.trainer.load_state(
+        {k: v for k, v in saved.items() if k not in ("changes", "moments")}
+    )
+    assert forgetful.trainer._moments is None  # re-estimated from the PS when first needed
     assert not np.array_equal(feed(forgetful, rest, 40), served)
 
 
