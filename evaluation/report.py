@@ -1,4 +1,5 @@
-"""The evaluation's outputs: results.json, a markdown table, and PNG plots (matplotlib, Agg)."""
+"""The evaluation's outputs: results.json, a markdown table, PNG plots (matplotlib, Agg), and
+targets.npz (every target's rank per model, to pool runs of one dataset by target)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from evaluation.prequential import COLD_BELOW, MID_DEPTH, EvalResult, mcnemar_p
+
+TARGETS = "targets.npz"
 
 
 def table(result: EvalResult, meta: dict[str, Any]) -> str:
@@ -108,6 +113,70 @@ def pool(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return {"seeds": seeds, "recall": recall, "paired": paired_}
 
 
+def pool_targets(runs: dict[int, Path]) -> dict[str, Any]:
+    """Runs of one fixed dataset (by seed; each directory holding :func:`save_targets`'
+    file) in one. The seeds share their targets, so paired counts do not add up as
+    independent evidence (:func:`pool` is for independent streams). Instead each target is
+    one unit: per contender, the seeds on which the first model (the online learner) hits it
+    less the seeds on which the contender does; ``wins``/``losses`` count the targets where
+    that is above/below zero and ``p`` is the exact two-sided sign test of that split (the
+    McNemar test again, on targets whose seeds disagree on balance). ``wins_summed`` /
+    ``losses_summed``: the runs' own discordant counts added up, for reading alongside.
+
+    Raises ValueError when the runs are not of the same targets.
+    """
+    seeds = sorted(runs)
+    loaded = {s: _load_targets(runs[s]) for s in seeds}
+    first = loaded[seeds[0]]
+    for s in seeds[1:]:
+        if not (np.array_equal(loaded[s]["position"], first["position"])
+                and np.array_equal(loaded[s]["item_count"], first["item_count"])):  # fmt: skip
+            raise ValueError(f"{runs[s]} and {runs[seeds[0]]} are not runs over the same "
+                             "targets (another dataset or protocol): not poolable")  # fmt: skip
+    models = [m for m in first["models"] if all(m in loaded[s]["models"] for s in seeds)]
+    k = int(first["k"])
+    cold = first["item_count"] < COLD_BELOW
+
+    def hits(name: str, cut: int) -> np.ndarray:  # per seed (rows) and target (columns)
+        ranks = np.stack([loaded[s]["rank"][loaded[s]["models"].index(name)] for s in seeds])
+        return (ranks >= 0) & (ranks < cut)
+
+    recall: dict[str, dict[str, Any]] = {}
+    for name in models:
+        values = [float(v) for v in hits(name, k).mean(axis=1)]
+        recall[name] = {"seeds": values, "mean": sum(values) / len(values),
+                        "min": min(values), "max": max(values)}  # fmt: skip
+    paired_: dict[str, dict[str, dict[str, Any]]] = {}
+    lead, *others = models
+    parts = {"all": (None, k), "cold": (cold, k), "cold_mid": (cold, MID_DEPTH)}
+    for name in others:
+        paired_[name] = {}
+        for part, (sel, cut) in parts.items():
+            a, b = hits(lead, cut), hits(name, cut)
+            if sel is not None:
+                a, b = a[:, sel], b[:, sel]
+            balance = a.sum(axis=0).astype(np.int64) - b.sum(axis=0)
+            wins, losses = int((balance > 0).sum()), int((balance < 0).sum())
+            paired_[name][part] = {
+                "wins": wins, "losses": losses, "targets": int(a.shape[1]),
+                "diff": float((a.mean(axis=1) - b.mean(axis=1)).mean()) if a.size else math.nan,
+                "p": mcnemar_p(wins, losses),
+                "wins_summed": int((a & ~b).sum()), "losses_summed": int((b & ~a).sum()),
+            }  # fmt: skip
+    return {"seeds": seeds, "recall": recall, "paired": paired_, "shared_targets": True}
+
+
+def _load_targets(directory: Path) -> dict[str, Any]:
+    path = directory / TARGETS
+    if not path.exists():
+        raise ValueError(f"{path} is missing: run that seed first (runs before the "
+                         "per-target file was written cannot be pooled by target)")  # fmt: skip
+    with np.load(path) as raw:
+        return {"models": [str(m) for m in raw["models"]], "rank": raw["rank"],
+                "position": raw["position"], "item_count": raw["item_count"],
+                "k": raw["k"]}  # fmt: skip
+
+
 def pooled_table(pooled: dict[str, Any], k: int) -> str:
     seeds = pooled["seeds"]
     lines = [f"{len(seeds)} runs, seeds {', '.join(map(str, seeds))}: recall@{k} per seed",
@@ -121,17 +190,43 @@ def pooled_table(pooled: dict[str, Any], k: int) -> str:
     parts: dict[str, Any] = next(iter(pooled["paired"].values()), {})
     label = {"all": f"all @{k}", "cold": f"< {COLD_BELOW} @{k}",
              "cold_mid": f"< {COLD_BELOW} @{MID_DEPTH}"}  # fmt: skip
-    lines += ["", f"Paired with {first!r}, summed over the seeds: targets only {first!r} hits "
-              f"/ only the other hits (all targets; items with < {COLD_BELOW} earlier "
-              "positives), and the McNemar p of the sums:", "",
+    shared = bool(pooled.get("shared_targets"))
+    if shared:  # one dataset: each target counted once, by its seeds' balance
+        intro = (f"Paired with {first!r} on the targets every seed shares: targets {first!r} "
+                 "hits on more seeds than the other / on fewer, and the sign test's p (each "
+                 "target one unit; in brackets the seeds' discordant counts added up, "
+                 "which are not independent):")  # fmt: skip
+    else:
+        intro = (f"Paired with {first!r}, summed over the seeds: targets only {first!r} hits "
+                 f"/ only the other hits, and the McNemar p of the sums:")  # fmt: skip
+    lines += ["", intro + f" all targets; items with < {COLD_BELOW} earlier positives", "",
               "| against " + first + " | " +
               " | ".join(f"{label.get(part, part)} | p" for part in parts) + " |",
               "|---|" + "---|---|" * len(parts)]  # fmt: skip
     for name, row in pooled["paired"].items():
-        cells = [f"{row[part]['wins']} / {row[part]['losses']} | {_p(row[part]['p'])}"
-                 for part in parts]  # fmt: skip
+        cells = []
+        for part in parts:
+            cell = f"{row[part]['wins']} / {row[part]['losses']}"
+            if shared:
+                cell += f" ({row[part]['wins_summed']} / {row[part]['losses_summed']})"
+            cells.append(f"{cell} | {_p(row[part]['p'])}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def save_targets(result: EvalResult, path: Path) -> None:
+    """Every target's rank per model (-1: beyond ``depth``), its item's earlier positives and
+    its place in the stream: what :func:`pool_targets` pools runs of one dataset by."""
+    np.savez_compressed(
+        path,
+        models=np.array(result.models),
+        rank=np.array([result.rank[m] for m in result.models], dtype=np.int32).reshape(
+            len(result.models), len(result.position)
+        ),
+        position=np.array(result.position, dtype=np.int64),
+        item_count=np.array(result.item_count, dtype=np.int64),
+        k=np.array(result.k),
+    )
 
 
 def _p(p: float) -> str:
@@ -143,7 +238,8 @@ def _fmt(x: float, digits: int = 4) -> str:
 
 
 def write(result: EvalResult, meta: dict[str, Any], out: Path, window: int = 2_000) -> list[Path]:
-    """Write results.json, table.md, recall_over_time.png and cold_start.png into ``out``."""
+    """Write results.json, table.md, recall_over_time.png, cold_start.png and targets.npz
+    (:func:`save_targets`) into ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,7 +247,8 @@ def write(result: EvalResult, meta: dict[str, Any], out: Path, window: int = 2_0
 
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.json", out / "table.md", out / "recall_over_time.png",
-             out / "cold_start.png"]  # fmt: skip
+             out / "cold_start.png", out / TARGETS]  # fmt: skip
+    save_targets(result, paths[4])
     body = {"meta": meta, "k": result.k, "summary": result.summary(),
             "cold_start": result.cold_start(cold_total=True), "by_user": result.by_user(),
             "paired": paired(result)}  # fmt: skip

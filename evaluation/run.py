@@ -371,30 +371,46 @@ def run(cfg: RunConfig, encode: Callable[[list[str]], np.ndarray] | None = None)
 
 def check_seeds(cfg: RunConfig, seeds: Sequence[int]) -> None:
     """Refuse what :func:`run_seeds` cannot pool (ValueError, with the reason)."""
-    if cfg.dataset != "generator" or cfg.events_file is not None:
-        raise ValueError("--seeds replays differently seeded generated streams; a fixed "
-                         "dataset has the same targets in every run: use --seed")  # fmt: skip
     if len(set(seeds)) < 2:
         raise ValueError(f"--seeds needs at least two different seeds, got {list(seeds)}")
 
 
 def run_seeds(
-    cfg: RunConfig, seeds: Sequence[int], encode: Callable[[list[str]], np.ndarray] | None = None
+    cfg: RunConfig,
+    seeds: Sequence[int],
+    encode: Callable[[list[str]], np.ndarray] | None = None,
+    *,
+    pool_only: bool = False,
 ) -> dict[str, Any]:
-    """:func:`run` once per seed of the generator (into ``out/seed-N``), then the runs pooled
-    (``out/pooled.json``, ``out/pooled.md``): each seed is another stream, so its targets
-    are independent of the others' and paired counts add up. A fixed dataset would repeat
-    its targets in every run, so it is refused."""
+    """:func:`run` once per seed (into ``out/seed-N``), then the runs pooled (``out/pooled.json``,
+    ``out/pooled.md``). On the generator each seed is another stream, so its targets are
+    independent of the others' and paired counts add up (:func:`report.pool`). A fixed
+    dataset (MovieLens, an events file) has the same targets in every run, where only the
+    learners' draws differ: it is pooled target by target (:func:`report.pool_targets`).
+    ``pool_only``: pool the runs already in ``out/seed-N`` (run side by side, say) without
+    running anything."""
     check_seeds(cfg, seeds)
-    if encode is None:
-        from stream.content import MiniLM
-
-        encode = MiniLM().encode  # loaded once for every run
+    seeds = list(dict.fromkeys(seeds))
+    dirs = {seed: cfg.out / f"seed-{seed}" for seed in seeds}
     runs: dict[int, dict[str, Any]] = {}
-    for n, seed in enumerate(dict.fromkeys(seeds), 1):
-        print(f"--- seed {seed} ({n} of {len(set(seeds))}) ---")
-        runs[seed] = run(replace(cfg, seed=seed, out=cfg.out / f"seed-{seed}"), encode)
-    pooled = report.pool(runs)
+    if not pool_only:
+        if encode is None:
+            from stream.content import MiniLM
+
+            encode = MiniLM().encode  # loaded once for every run
+        for n, seed in enumerate(seeds, 1):
+            print(f"--- seed {seed} ({n} of {len(seeds)}) ---")
+            runs[seed] = run(replace(cfg, seed=seed, out=dirs[seed]), encode)
+    if cfg.dataset != "generator" or cfg.events_file is not None:
+        pooled = report.pool_targets(dirs)
+    else:
+        for seed in seeds:
+            if seed not in runs:
+                path = dirs[seed] / "results.json"
+                if not path.exists():
+                    raise ValueError(f"{path} is missing: run that seed first")
+                runs[seed] = json.loads(path.read_text())
+        pooled = report.pool(runs)
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "pooled.json").write_text(json.dumps(pooled, indent=2) + "\n")
     text = report.pooled_table(pooled, cfg.k)

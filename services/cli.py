@@ -538,11 +538,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             return 2
         try:
             check_seeds(cfg, seeds)
+            if args.pool_only:  # nothing to run: the refusals come before any output
+                run_seeds(cfg, seeds, pool_only=True)
+                return 0
         except ValueError as exc:
             print(f"evaluate: {exc}", file=sys.stderr)
             return 2
         run_seeds(cfg, seeds)
         return 0
+    if args.pool_only:
+        print("evaluate: --pool-only pools the runs of --seeds", file=sys.stderr)
+        return 2
     run(cfg)
     return 0
 
@@ -887,8 +893,13 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     e.add_argument("--validation", action="store_true",
                    help="evaluate on the history only (for choosing settings)")  # fmt: skip
     e.add_argument("--seeds", default="", metavar="S1,S2,...",
-                   help="generator: one run per seed (OUT/seed-N) and a pooled table with "
-                        "paired tests summed over the seeds (OUT/pooled.md)")  # fmt: skip
+                   help="one run per seed (OUT/seed-N) and a pooled table (OUT/pooled.md): "
+                        "the generator's paired tests summed over its independent streams; "
+                        "a fixed dataset's (MovieLens) target by target, the seeds sharing "
+                        "their targets")  # fmt: skip
+    e.add_argument("--pool-only", action="store_true",
+                   help="with --seeds: pool the runs already in OUT/seed-N (run side by "
+                        "side with --seed N --out OUT/seed-N) without running any")  # fmt: skip
     e.set_defaults(func=cmd_evaluate)
 
     sc = sub.add_parser("screenshot", help="a PNG of a replica's live page (headless Chromium)")

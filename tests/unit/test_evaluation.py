@@ -371,16 +371,50 @@ def test_run_seeds_pools_independent_streams_and_refuses_fixed_datasets(
                                      for s in (3, 5)) / 2)  # fmt: skip
     assert json.loads((tmp_path / "eval" / "pooled.json").read_text()) == pooled
     assert "| popularity |" in (tmp_path / "eval" / "pooled.md").read_text()
-    with pytest.raises(ValueError, match="same targets"):
-        check_seeds(RunConfig(dataset="movielens"), [0, 1])
     with pytest.raises(ValueError, match="two different seeds"):
         check_seeds(cfg, [4, 4])
     args = ["evaluate", "--seeds", "0,x", "--out", str(tmp_path / "no")]
     parsed = build_parser({}).parse_args(args)
     assert parsed.func(parsed) == 2 and "whole numbers" in capsys.readouterr().err
-    parsed = build_parser({}).parse_args(["evaluate", "--dataset", "movielens", "--seeds", "0,1"])
-    assert parsed.func(parsed) == 2 and "same targets" in capsys.readouterr().err
+    args = ["evaluate", "--dataset", "movielens", "--seeds", "0,1", "--pool-only",
+            "--out", str(tmp_path / "no")]  # fmt: skip
+    parsed = build_parser({}).parse_args(args)
+    assert parsed.func(parsed) == 2 and "run that seed first" in capsys.readouterr().err
+    parsed = build_parser({}).parse_args(["evaluate", "--pool-only"])
+    assert parsed.func(parsed) == 2 and "--seeds" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+    again = run_seeds(cfg, [3, 5], pool_only=True)  # the generator's runs, pooled again
+    assert again == pooled
+
+
+def test_run_seeds_pools_a_fixed_dataset_target_by_target(tmp_path: Path) -> None:
+    """The seeds of one dataset share their targets: each target is one unit, counted by
+    the seeds on which online hits it less those on which the contender does."""
+    path = tmp_path / "s.jsonl"
+    write_jsonl(generated_stream(users=20, items=50, clusters=3, events=1200, seed=2), path)
+    cfg = RunConfig(out=tmp_path / "eval", events_file=path, epochs=1, dim=8, als_every=400,
+                    sweep=True)  # fmt: skip
+    pooled = run_seeds(cfg, [3, 5, 8], encode=fake_encode)
+    assert pooled["shared_targets"] and pooled["seeds"] == [3, 5, 8]
+    runs = [np.load(tmp_path / "eval" / f"seed-{s}" / "targets.npz") for s in (3, 5, 8)]
+    assert all(np.array_equal(r["position"], runs[0]["position"]) for r in runs)
+    models = [str(m) for m in runs[0]["models"]]
+    hits = {m: np.stack([(r["rank"][n] >= 0) & (r["rank"][n] < 10) for r in runs])
+            for n, m in enumerate(models)}  # fmt: skip
+    balance = hits["online"].sum(axis=0) - hits["popularity"].sum(axis=0)
+    row = pooled["paired"]["popularity"]["all"]
+    assert (row["wins"], row["losses"]) == ((balance > 0).sum(), (balance < 0).sum())
+    assert row["wins_summed"] == sum(
+        json.loads((tmp_path / "eval" / f"seed-{s}" / "results.json").read_text())
+        ["paired"]["popularity"]["all"]["wins"] for s in (3, 5, 8))  # fmt: skip
+    assert row["wins"] <= row["wins_summed"] and row["targets"] == runs[0]["rank"].shape[1]
+    assert (tmp_path / "eval" / "pooled.md").read_text().count("sign test") == 1
+    assert run_seeds(cfg, [3, 5, 8], pool_only=True) == pooled
+    other = RunConfig(out=tmp_path / "gen", events=1200, users=20, items=50, clusters=3,
+                      epochs=1, dim=8, sweep=True, seed=3)  # fmt: skip
+    run(replace(other, out=tmp_path / "eval" / "seed-9"), encode=fake_encode)
+    with pytest.raises(ValueError, match="same targets"):  # another stream's run in the way
+        run_seeds(cfg, [3, 9], pool_only=True)
 
 
 def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
