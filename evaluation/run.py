@@ -375,6 +375,23 @@ def check_seeds(cfg: RunConfig, seeds: Sequence[int]) -> None:
         raise ValueError(f"--seeds needs at least two different seeds, got {list(seeds)}")
 
 
+def _check_runs_of(cfg: RunConfig, dirs: dict[int, Path]) -> None:
+    """Runs to pool must be of the stream ``cfg`` names (else, say, MovieLens runs would be
+    pooled as independent generated streams): ValueError, with the option to pass."""
+    for seed, directory in dirs.items():
+        path = directory / "results.json"
+        if not path.exists():
+            raise ValueError(f"{path} is missing: run that seed first")
+        meta = json.loads(path.read_text())["meta"]
+        ran = (meta.get("dataset"), meta.get("events_file"))
+        want = (cfg.dataset, str(cfg.events_file))
+        if ran != want:
+            raise ValueError(f"{directory} is a run of dataset={ran[0]}, events_file={ran[1]}; "
+                             f"pass the same --dataset / --events-file to pool it")  # fmt: skip
+        if int(meta.get("seed", seed)) != seed:
+            raise ValueError(f"{directory} holds a run of seed {meta.get('seed')}, not {seed}")
+
+
 def run_seeds(
     cfg: RunConfig,
     seeds: Sequence[int],
@@ -401,6 +418,8 @@ def run_seeds(
         for n, seed in enumerate(seeds, 1):
             print(f"--- seed {seed} ({n} of {len(seeds)}) ---")
             runs[seed] = run(replace(cfg, seed=seed, out=dirs[seed]), encode)
+    if pool_only:
+        _check_runs_of(cfg, dirs)
     if cfg.dataset != "generator" or cfg.events_file is not None:
         pooled = report.pool_targets(dirs)
     else:

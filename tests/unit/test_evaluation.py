@@ -13,7 +13,7 @@ import pytest
 from evaluation.data import ItemArrival, generated_stream, read_jsonl, split, write_jsonl
 from evaluation.models import ALS, GeneratorOracle, ItemKNN, Popularity, Streambed
 from evaluation.prequential import EvalConfig, EvalResult, prequential, top_k
-from evaluation.report import write
+from evaluation.report import pool_targets, write
 from evaluation.run import (
     DATASET_LR,
     DATASET_LR_LIVE,
@@ -413,8 +413,12 @@ def test_run_seeds_pools_a_fixed_dataset_target_by_target(tmp_path: Path) -> Non
     other = RunConfig(out=tmp_path / "gen", events=1200, users=20, items=50, clusters=3,
                       epochs=1, dim=8, sweep=True, seed=3)  # fmt: skip
     run(replace(other, out=tmp_path / "eval" / "seed-9"), encode=fake_encode)
-    with pytest.raises(ValueError, match="same targets"):  # another stream's run in the way
+    with pytest.raises(ValueError, match="events_file=None"):  # another stream's run in the way
         run_seeds(cfg, [3, 9], pool_only=True)
+    with pytest.raises(ValueError, match="same targets"):  # and by its targets, if asked
+        pool_targets({s: tmp_path / "eval" / f"seed-{s}" for s in (3, 9)})
+    with pytest.raises(ValueError, match="--events-file"):  # pooled as generated streams: no
+        run_seeds(replace(cfg, events_file=None), [3, 5], pool_only=True)
 
 
 def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
