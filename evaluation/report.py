@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.prequential import COLD_BELOW, MID_DEPTH, EvalResult, mcnemar_p
+from evaluation.prequential import COLD_BELOW, MID_DEPTH, EvalResult, mcnemar_p, signflip_p
 
 TARGETS = "targets.npz"
 
@@ -117,11 +117,13 @@ def pool_targets(runs: dict[int, Path]) -> dict[str, Any]:
     """Runs of one fixed dataset (by seed; each directory holding :func:`save_targets`'
     file) in one. The seeds share their targets, so paired counts do not add up as
     independent evidence (:func:`pool` is for independent streams). Instead each target is
-    one unit: per contender, the seeds on which the first model (the online learner) hits it
-    less the seeds on which the contender does; ``wins``/``losses`` count the targets where
-    that is above/below zero and ``p`` is the exact two-sided sign test of that split (the
-    McNemar test again, on targets whose seeds disagree on balance). ``wins_summed`` /
-    ``losses_summed``: the runs' own discordant counts added up, for reading alongside.
+    one unit, with a balance: the seeds on which the first model (the online learner) hits it
+    less the seeds on which the contender does. ``wins``/``losses`` count the targets whose
+    balance is above/below zero; ``p`` is the exact paired permutation test of the balances
+    (:func:`~evaluation.prequential.signflip_p`: a target that separates the two on every
+    seed weighs more than one that does on one), ``p_sign`` the sign test of ``wins`` against
+    ``losses``, which ignores those weights. ``wins_summed`` / ``losses_summed``: the runs'
+    own discordant counts added up, for reading alongside.
 
     Raises ValueError when the runs are not of the same targets.
     """
@@ -160,7 +162,7 @@ def pool_targets(runs: dict[int, Path]) -> dict[str, Any]:
             paired_[name][part] = {
                 "wins": wins, "losses": losses, "targets": int(a.shape[1]),
                 "diff": float((a.mean(axis=1) - b.mean(axis=1)).mean()) if a.size else math.nan,
-                "p": mcnemar_p(wins, losses),
+                "p": signflip_p(balance), "p_sign": mcnemar_p(wins, losses),
                 "wins_summed": int((a & ~b).sum()), "losses_summed": int((b & ~a).sum()),
             }  # fmt: skip
     return {"seeds": seeds, "recall": recall, "paired": paired_, "shared_targets": True}
@@ -192,10 +194,12 @@ def pooled_table(pooled: dict[str, Any], k: int) -> str:
              "cold_mid": f"< {COLD_BELOW} @{MID_DEPTH}"}  # fmt: skip
     shared = bool(pooled.get("shared_targets"))
     if shared:  # one dataset: each target counted once, by its seeds' balance
-        intro = (f"Paired with {first!r} on the targets every seed shares: targets {first!r} "
-                 "hits on more seeds than the other / on fewer, and the sign test's p (each "
-                 "target one unit; in brackets the seeds' discordant counts added up, "
-                 "which are not independent):")  # fmt: skip
+        intro = (f"Paired with {first!r} on the targets every seed shares, each target one "
+                 f"unit: targets {first!r} hits on more seeds than the other / on fewer (in "
+                 "brackets the seeds' discordant counts added up, which are not "
+                 "independent), and the exact permutation test's p of the targets' balances "
+                 "(seeds hit by one less the other; in brackets the sign test's, of the "
+                 "counts alone):")  # fmt: skip
     else:
         intro = (f"Paired with {first!r}, summed over the seeds: targets only {first!r} hits "
                  f"/ only the other hits, and the McNemar p of the sums:")  # fmt: skip
@@ -207,9 +211,11 @@ def pooled_table(pooled: dict[str, Any], k: int) -> str:
         cells = []
         for part in parts:
             cell = f"{row[part]['wins']} / {row[part]['losses']}"
+            p = _p(row[part]["p"])
             if shared:
                 cell += f" ({row[part]['wins_summed']} / {row[part]['losses_summed']})"
-            cells.append(f"{cell} | {_p(row[part]['p'])}")
+                p += f" ({_p(row[part]['p_sign'])})"
+            cells.append(f"{cell} | {p}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,14 @@ import pytest
 
 from evaluation.data import ItemArrival, generated_stream, read_jsonl, split, write_jsonl
 from evaluation.models import ALS, GeneratorOracle, ItemKNN, Popularity, Streambed
-from evaluation.prequential import EvalConfig, EvalResult, prequential, top_k
+from evaluation.prequential import (
+    EvalConfig,
+    EvalResult,
+    mcnemar_p,
+    prequential,
+    signflip_p,
+    top_k,
+)
 from evaluation.report import pool_targets, write
 from evaluation.run import (
     DATASET_LR,
@@ -404,11 +411,14 @@ def test_run_seeds_pools_a_fixed_dataset_target_by_target(tmp_path: Path) -> Non
     balance = hits["online"].sum(axis=0) - hits["popularity"].sum(axis=0)
     row = pooled["paired"]["popularity"]["all"]
     assert (row["wins"], row["losses"]) == ((balance > 0).sum(), (balance < 0).sum())
+    assert row["p"] == signflip_p(balance) and row["p_sign"] == mcnemar_p(
+        row["wins"], row["losses"]
+    )
     assert row["wins_summed"] == sum(
         json.loads((tmp_path / "eval" / f"seed-{s}" / "results.json").read_text())
         ["paired"]["popularity"]["all"]["wins"] for s in (3, 5, 8))  # fmt: skip
     assert row["wins"] <= row["wins_summed"] and row["targets"] == runs[0]["rank"].shape[1]
-    assert (tmp_path / "eval" / "pooled.md").read_text().count("sign test") == 1
+    assert (tmp_path / "eval" / "pooled.md").read_text().count("permutation test") == 1
     assert run_seeds(cfg, [3, 5, 8], pool_only=True) == pooled
     other = RunConfig(out=tmp_path / "gen", events=1200, users=20, items=50, clusters=3,
                       epochs=1, dim=8, sweep=True, seed=3)  # fmt: skip
