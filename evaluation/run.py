@@ -410,7 +410,10 @@ def run_seeds(
     seeds = list(dict.fromkeys(seeds))
     dirs = {seed: cfg.out / f"seed-{seed}" for seed in seeds}
     runs: dict[int, dict[str, Any]] = {}
-    if not pool_only:
+    if pool_only:
+        _check_runs_of(cfg, dirs)
+        runs = {seed: json.loads((dirs[seed] / "results.json").read_text()) for seed in seeds}
+    else:
         if encode is None:
             from stream.content import MiniLM
 
@@ -418,17 +421,9 @@ def run_seeds(
         for n, seed in enumerate(seeds, 1):
             print(f"--- seed {seed} ({n} of {len(seeds)}) ---")
             runs[seed] = run(replace(cfg, seed=seed, out=dirs[seed]), encode)
-    if pool_only:
-        _check_runs_of(cfg, dirs)
     if cfg.dataset != "generator" or cfg.events_file is not None:
         pooled = report.pool_targets(dirs)
     else:
-        for seed in seeds:
-            if seed not in runs:
-                path = dirs[seed] / "results.json"
-                if not path.exists():
-                    raise ValueError(f"{path} is missing: run that seed first")
-                runs[seed] = json.loads(path.read_text())
         pooled = report.pool(runs)
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "pooled.json").write_text(json.dumps(pooled, indent=2) + "\n")
