@@ -95,11 +95,8 @@ def pool(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """
     seeds = sorted(runs)
     models = list(runs[seeds[0]]["summary"])
-    recall: dict[str, dict[str, Any]] = {}
-    for name in models:
-        values = [float(runs[s]["summary"][name]["recall"]) for s in seeds]
-        recall[name] = {"seeds": values, "mean": sum(values) / len(values),
-                        "min": min(values), "max": max(values)}  # fmt: skip
+    recall = {name: _spread([float(runs[s]["summary"][name]["recall"]) for s in seeds])
+              for name in models}  # fmt: skip
     paired_: dict[str, dict[str, dict[str, Any]]] = {}
     for name, parts in runs[seeds[0]]["paired"].items():
         paired_[name] = {}
@@ -139,15 +136,14 @@ def pool_targets(runs: dict[int, Path]) -> dict[str, Any]:
     k = int(first["k"])
     cold = first["item_count"] < COLD_BELOW
 
-    def hits(name: str, cut: int) -> np.ndarray:  # per seed (rows) and target (columns)
-        ranks = np.stack([loaded[s]["rank"][loaded[s]["models"].index(name)] for s in seeds])
-        return (ranks >= 0) & (ranks < cut)
+    # each model's ranks, per seed (rows) and target (columns)
+    ranks = {name: np.stack([loaded[s]["rank"][loaded[s]["models"].index(name)] for s in seeds])
+             for name in models}  # fmt: skip
 
-    recall: dict[str, dict[str, Any]] = {}
-    for name in models:
-        values = [float(v) for v in hits(name, k).mean(axis=1)]
-        recall[name] = {"seeds": values, "mean": sum(values) / len(values),
-                        "min": min(values), "max": max(values)}  # fmt: skip
+    def hits(name: str, cut: int) -> np.ndarray:
+        return (ranks[name] >= 0) & (ranks[name] < cut)
+
+    recall = {name: _spread([float(v) for v in hits(name, k).mean(axis=1)]) for name in models}
     paired_: dict[str, dict[str, dict[str, Any]]] = {}
     lead, *others = models
     parts = {"all": (None, k), "cold": (cold, k), "cold_mid": (cold, MID_DEPTH)}
@@ -166,6 +162,12 @@ def pool_targets(runs: dict[int, Path]) -> dict[str, Any]:
                 "wins_summed": int((a & ~b).sum()), "losses_summed": int((b & ~a).sum()),
             }  # fmt: skip
     return {"seeds": seeds, "recall": recall, "paired": paired_, "shared_targets": True}
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    """A model's recall over the seeds: each seed's, their mean and range."""
+    return {"seeds": values, "mean": sum(values) / len(values),
+            "min": min(values), "max": max(values)}  # fmt: skip
 
 
 def _load_targets(directory: Path) -> dict[str, Any]:
