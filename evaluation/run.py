@@ -375,14 +375,17 @@ def check_seeds(cfg: RunConfig, seeds: Sequence[int]) -> None:
         raise ValueError(f"--seeds needs at least two different seeds, got {list(seeds)}")
 
 
-def _check_runs_of(cfg: RunConfig, dirs: dict[int, Path]) -> None:
-    """Runs to pool must be of the stream ``cfg`` names (else, say, MovieLens runs would be
-    pooled as independent generated streams): ValueError, with the option to pass."""
+def _runs_of(cfg: RunConfig, dirs: dict[int, Path]) -> dict[int, dict[str, Any]]:
+    """The saved results of runs to pool, by seed. They must be of the stream ``cfg`` names
+    (else, say, MovieLens runs would be pooled as independent generated streams):
+    ValueError, with the option to pass."""
+    runs: dict[int, dict[str, Any]] = {}
     for seed, directory in dirs.items():
         path = directory / "results.json"
         if not path.exists():
             raise ValueError(f"{path} is missing: run that seed first")
-        meta = json.loads(path.read_text())["meta"]
+        runs[seed] = json.loads(path.read_text())
+        meta = runs[seed]["meta"]
         ran = (meta.get("dataset"), meta.get("events_file"))
         want = (cfg.dataset, str(cfg.events_file))
         if ran != want:
@@ -390,6 +393,7 @@ def _check_runs_of(cfg: RunConfig, dirs: dict[int, Path]) -> None:
                              f"pass the same --dataset / --events-file to pool it")  # fmt: skip
         if int(meta.get("seed", seed)) != seed:
             raise ValueError(f"{directory} holds a run of seed {meta.get('seed')}, not {seed}")
+    return runs
 
 
 def run_seeds(
@@ -411,8 +415,7 @@ def run_seeds(
     dirs = {seed: cfg.out / f"seed-{seed}" for seed in seeds}
     runs: dict[int, dict[str, Any]] = {}
     if pool_only:
-        _check_runs_of(cfg, dirs)
-        runs = {seed: json.loads((dirs[seed] / "results.json").read_text()) for seed in seeds}
+        runs = _runs_of(cfg, dirs)
     else:
         if encode is None:
             from stream.content import MiniLM
