@@ -221,6 +221,11 @@ class RunConfig:
             return self.knn_alpha
         return DATASET_KNN_ALPHA.get(self.dataset, 0.5)
 
+    @property
+    def generated(self) -> bool:
+        """Whether the stream is the generator's (seeded), not a fixed dataset's."""
+        return self.events_file is None and self.dataset == "generator"
+
     def generator(self) -> GeneratorConfig:
         return GeneratorConfig(users=self.users, items=self.items, clusters=self.clusters,
                                seed=self.seed, tag_affinity=self.tag_affinity)  # fmt: skip
@@ -313,7 +318,7 @@ def build_models(boot: Bootstrapped, history: list[Record], cfg: RunConfig) -> l
             popular_window=cfg.window,
         ),  # fmt: skip
     ]
-    if cfg.events_file is None and cfg.dataset == "generator":
+    if cfg.generated:
         models.append(GeneratorOracle(InteractionGenerator(cfg.generator())))
     if cfg.train().session_weight > 0:  # what the skip-gram adds, as blending's row shows
         plain = cfg.train(session_weight=0.0)
@@ -424,10 +429,7 @@ def run_seeds(
         for n, seed in enumerate(seeds, 1):
             print(f"--- seed {seed} ({n} of {len(seeds)}) ---")
             runs[seed] = run(replace(cfg, seed=seed, out=dirs[seed]), encode)
-    if cfg.dataset != "generator" or cfg.events_file is not None:
-        pooled = report.pool_targets(dirs)
-    else:
-        pooled = report.pool(runs)
+    pooled = report.pool(runs) if cfg.generated else report.pool_targets(dirs)
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "pooled.json").write_text(json.dumps(pooled, indent=2) + "\n")
     text = report.pooled_table(pooled, cfg.k)
