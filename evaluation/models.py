@@ -152,6 +152,7 @@ class Streambed:
             stats = self.trainer.apply(batch)
             # the rows the step pushed, and the batch's items (their counts, admissions)
             self._stale.update(stats.items)
+            self._stale.update(stats.aged)  # their velocity level moved as they aged
             self._stale.update(e.item_id for e in batch)
 
     def _items(self, candidates: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -89,6 +89,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         norm_power=args.norm_power, blend_k=args.blend_k, session_weight=args.session_weight,
         fold_in=args.fold_in, fold_in_below=args.fold_in_below, taste_weight=args.taste_weight,
         taste_decay=args.taste_decay, calibrate=args.calibrate,
+        velocity_weight=args.velocity_weight,
     )  # fmt: skip
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topics=_topics(args),
@@ -311,7 +312,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     seen = SeenItems(args.seen_items, args.seen_users) if args.seen_items > 0 else None
     state = ServingState(args.dim, index, seen=seen, popular_mix=args.popular_mix,
                          popular_window=args.popular_window,
-                         calibrated=args.calibrated)  # fmt: skip
+                         calibrated=args.calibrated, velocity=args.velocity)  # fmt: skip
     registry.register(IndexCollector(lambda: state.index))
     save_dir: Path | None = Path(args.save_dir or f".streambed/api-{args.port}")
     if args.save_seconds <= 0:
@@ -528,6 +529,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         lr=args.lr, popular_mix=args.popular_mix, popular_window=args.popular_window,
         taste_weight=args.taste_weight, taste_decay=args.taste_decay,
         negative_sampler=args.negative_sampler, sweep=args.sweep, calibrate=args.calibrate,
+        velocity=args.velocity,
     )  # fmt: skip
     if args.seeds:
         try:
@@ -646,6 +648,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument("--calibrate", action="store_true",
                    help="with --taste-weight: score each half by its z-score over the "
                         "catalogue (served vectors 2 * --dim + 2 long; README)")  # fmt: skip
+    w.add_argument("--velocity-weight", type=float, default=0.0,
+                   help="add this times (1 - a(n)) log(1 + v) to a young item's score, v "
+                        "its rate of positives (served vectors one longer; README)")  # fmt: skip
     w.add_argument("--temperature", type=float, default=0.2,
                    help="softmax temperature of the online loss, fold-in, skip-gram")  # fmt: skip
     w.add_argument(
@@ -719,6 +724,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     a.add_argument("--calibrated", action="store_true",
                    help="the worker runs with --calibrate (--dim 2 * dim + 2): item-item "
                         "similarity leaves out the 2 coordinates for users' offsets")  # fmt: skip
+    a.add_argument("--velocity", action="store_true",
+                   help="the worker runs with --velocity-weight (--dim one longer): item-item "
+                        "similarity leaves out the velocity term")  # fmt: skip
     a.add_argument("--save-dir", help="where the replica saves its index (.streambed/api-PORT)")
     a.add_argument("--save-seconds", type=float, default=60.0, help="0: never save")
     a.add_argument("--worker-group", default="streambed-worker",
@@ -887,6 +895,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     e.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
                    help="score the content-taste half by its z-score over the catalogue, as "
                         "behaviour's (default: the dataset's at this cadence)")  # fmt: skip
+    e.add_argument("--velocity", type=float, default=None, metavar="BETA",
+                   help="the online learner's young-item velocity weight (0: off; default: "
+                        "the dataset's at this cadence)")  # fmt: skip
     e.add_argument("--sweep", action="store_true",
                    help="only online, online without blending and popularity (the bars' "
                         "comparisons; ~3x faster, for choosing a setting)")  # fmt: skip

@@ -151,7 +151,9 @@ class WorkerCore:
                 session.setdefault(event.user_id, []).append(event.item_id)
         users_of = lambda ids: trainer.user_vectors(ids, session)  # noqa: E731
         out.users = _records(stats.users, first_ms_user, users_of, trainer, USERS)
-        out.items = _records(stats.items, first_ms_item, trainer.item_vectors, trainer, ITEMS)
+        # aged: outside the batch, but their velocity level moved: published again
+        published = [*stats.items, *stats.aged]
+        out.items = _records(published, first_ms_item, trainer.item_vectors, trainer, ITEMS)
         return out
 
     def vectors(self, items: Sequence[str], users: Sequence[str]) -> BatchOutput:

@@ -17,7 +17,8 @@ its content (the frozen projection of its text embedding, in the ``content``
 table) mixed by ``a(n) = n / (n + blend_k)`` for ``n`` positive events; a user's
 is its behaviour mixed, by its update count, with the mean of the items of its
 current session. Training itself uses the unblended behaviour vectors, so an
-id's row learns at full speed while serving leans on content.
+id's row learns at full speed while serving leans on content. Optionally a young item's
+velocity (:mod:`stream.velocity`) adds to its score in the content's share, ``(1 - a)``.
 
 Examples
 --------
@@ -55,6 +56,7 @@ from stream.similarity import (
     calibrated_users,
     unit,
 )
+from stream.velocity import Velocity
 
 USERS, ITEMS, CONTENT, TASTE = "users", "items", "content", "taste"
 # calibrated serving: the catalogue's moments are estimated from this many rows of each half,
@@ -122,6 +124,13 @@ class TrainConfig:
     taste_weight: float = 0.0
     taste_decay: float = 1.0
     calibrate: bool = False
+    # young items' velocity (stream.velocity): serving adds velocity_weight * (1 - a(n)) *
+    # log(1 + v) to an item's score, v its positives' rate over the last velocity_window
+    # positives (at most velocity_cap times its count); one more served coordinate, the
+    # item's term against the user's 1. 0: off (and off without blending)
+    velocity_weight: float = 0.0
+    velocity_window: int = 5_000
+    velocity_cap: float = 20.0
     type_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
 
     def __post_init__(self) -> None:
@@ -139,6 +148,11 @@ class TrainConfig:
             raise ValueError("taste_weight > 0 scores by inner product: use cosine or dot, not l2")
         if self.calibrate and self.taste_weight <= 0:
             raise ValueError("calibrate weighs the content-taste half: it needs taste_weight > 0")
+        if self.velocity_weight < 0 or self.velocity_window < 1 or self.velocity_cap < 1:
+            raise ValueError("velocity_weight must be >= 0, velocity_window and velocity_cap "
+                             ">= 1")  # fmt: skip
+        if self.velocity and self.similarity == "l2":
+            raise ValueError("velocity_weight > 0 adds to an inner product: use cosine or dot")
 
     @property
     def taste(self) -> bool:
@@ -151,11 +165,15 @@ class TrainConfig:
         return self.calibrate and self.taste
 
     @property
+    def velocity(self) -> bool:
+        """Whether young items' velocity is served (``velocity_weight > 0``, blending on)."""
+        return self.velocity_weight > 0 and self.blend_k > 0
+
+    @property
     def served_dim(self) -> int:
         """The length of served user and item vectors (what the index holds)."""
-        if self.calibrated:
-            return 2 * self.dim + 2
-        return 2 * self.dim if self.taste else self.dim
+        halves = 2 * self.dim if self.taste else self.dim
+        return halves + 2 * int(self.calibrated) + int(self.velocity)
 
     @property
     def sim(self) -> Similarity:
@@ -185,6 +203,8 @@ class StepStats:
     """What one step did: counts, the weighted loss per unit weight, and the rows it changed.
 
     ``unadmitted`` counts events skipped because their user or item has no row yet.
+    ``aged``: items outside the batch whose served vector moved all the same (their velocity
+    level, as they age: see :mod:`stream.velocity`), to be published again with ``items``.
     """
 
     positives: int
@@ -193,6 +213,7 @@ class StepStats:
     users: tuple[str, ...]
     items: tuple[str, ...]
     unadmitted: int = 0
+    aged: tuple[str, ...] = ()
 
 
 class OnlineTrainer:
@@ -224,6 +245,7 @@ class OnlineTrainer:
         self.bootstrapped = False  # rows and counts came from a bootstrap (checkpointed)
         self._changes = 0  # steps and content arrivals: when to re-estimate the moments
         self._moments: tuple[int, Moments, Moments] | None = None
+        self.velocity = Velocity(config.velocity_window, config.velocity_cap)
 
     @classmethod
     def create(cls, config: TrainConfig, ps: ParamServerAPI | None = None) -> OnlineTrainer:
@@ -270,9 +292,16 @@ class OnlineTrainer:
         scores = self.sim.scores(u, v) / self.config.temperature
 
         positive = w > 0
-        self.frequency.observe(
-            e.item_id for e, p in zip(batch, positive.tolist(), strict=True) if p
-        )
+        taken = [e.item_id for e, p in zip(batch, positive.tolist(), strict=True) if p]
+        aged: list[str] = []
+        if self.config.velocity:  # arriving now: never taken (history counts are not young)
+            firsts = list(dict.fromkeys(taken))  # and no content (it arrived with that)
+            unseen = [i for i, c in zip(firsts, self.frequency.counts(firsts), strict=True)
+                      if not c]  # fmt: skip
+            new = [i for i, has in zip(unseen, self.ps.pull(CONTENT, unseen)[1], strict=True)
+                   if not has]  # fmt: skip
+            aged = [i for i in self.velocity.observe(taken, new) if i not in cand_pos]
+        self.frequency.observe(taken)
         loss = torch.zeros(())
         if positive.any():
             loss = loss + self._softmax_loss(batch, positive, scores, i_idx, w, candidates)
@@ -305,6 +334,7 @@ class OnlineTrainer:
             users=tuple(user_ids),
             items=tuple(candidates),
             unadmitted=unadmitted,
+            aged=tuple(aged),
         )
 
     def expire_due(self, now: float) -> dict[str, list[str]]:
@@ -322,6 +352,7 @@ class OnlineTrainer:
         self.next_sweep = now + self.config.sweep_seconds
         evicted = self.ps.expire(now=now)
         self.frequency.forget(evicted.get(ITEMS, ()))
+        self.velocity.forget(evicted.get(ITEMS, ()))
         return evicted
 
     def state(self) -> dict[str, object]:
@@ -332,9 +363,10 @@ class OnlineTrainer:
         if self._moments is not None:
             at, behaviour, content = self._moments
             moments = {"at": at, "behaviour": behaviour.to_json(), "content": content.to_json()}
+        velocity = self.velocity.to_json() if self.config.velocity else None
         return {"rng": self._rng.bit_generator.state, "next_sweep": self.next_sweep,
                 "bootstrapped": self.bootstrapped, "changes": self._changes,
-                "moments": moments}  # fmt: skip
+                "moments": moments, "velocity": velocity}  # fmt: skip
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self._rng.bit_generator.state = state["rng"]
@@ -346,6 +378,11 @@ class OnlineTrainer:
         self._moments = None if moments is None else (
             int(moments["at"]), Moments.from_json(moments["behaviour"]),
             Moments.from_json(moments["content"]))  # fmt: skip
+        # a checkpoint from before velocity was kept: every item is old
+        self.velocity = Velocity(self.config.velocity_window, self.config.velocity_cap)
+        velocity = state.get("velocity")
+        if velocity is not None:
+            self.velocity.load_json(velocity)
 
     def _negatives(self) -> list[str]:
         """This batch's sampled negatives (``negatives`` draws, with replacement)."""
@@ -474,6 +511,11 @@ class OnlineTrainer:
         """
         with torch.inference_mode():
             rows = self.towers.content(torch.from_numpy(np.asarray(text, np.float32))).numpy()
+        if self.config.velocity:  # arriving: no content yet, never taken; its age starts
+            had = self.ps.pull(CONTENT, ids)[1]
+            counts = self.frequency.counts(ids)
+            self.velocity.arrive(i for i, h, c in zip(ids, had, counts, strict=True)
+                                 if not h and not c)  # fmt: skip
         self.ps.put(CONTENT, ids, rows, now=now)
         self._changes += 1
         if self.config.blend_k <= 0 or not self.config.content_init:
@@ -512,17 +554,23 @@ class OnlineTrainer:
         """Served item vectors (behaviour blended with content) and the hit mask.
 
         An item is served once it has a row or content; reads create nothing. With
-        ``taste``: ``[a * behaviour, (1 - a) * taste_weight * content]`` (``served_dim``).
+        ``taste``: ``[a * behaviour, (1 - a) * taste_weight * content]`` (``served_dim``);
+        with ``velocity``, one more coordinate: ``velocity_weight * (1 - a) * level``.
         """
         behaviour, content, a, hit, has_content = self._item_parts(ids)
         if self.config.calibrated:
-            return calibrated_items(a, behaviour, content), hit | has_content
-        if self.config.taste:
+            served = calibrated_items(a, behaviour, content)
+        elif self.config.taste:
             halves = (a * behaviour, (1.0 - a) * self.config.taste_weight * content)
-            return np.concatenate(halves, axis=1).astype(np.float32), hit | has_content
-        if not has_content.any():
-            return behaviour, hit
-        return self._mix(a, behaviour, content), hit | has_content
+            served = np.concatenate(halves, axis=1).astype(np.float32)
+        elif not has_content.any():
+            served = behaviour
+        else:
+            served = self._mix(a, behaviour, content)
+        if self.config.velocity:  # the young item's term, against the user's 1
+            term = self.config.velocity_weight * (1.0 - a[:, 0]) * self.velocity.levels(ids)
+            served = np.concatenate([served, term[:, None].astype(np.float32)], axis=1)
+        return served, hit | has_content
 
     @torch.inference_mode()
     def user_vectors(
@@ -535,15 +583,17 @@ class OnlineTrainer:
         served that mean); with neither, there is no vector (popularity is the caller's
         fallback). With ``taste``: ``[user, taste]``, each half blended with its own
         session mean (the items' blended vectors; their content vectors); ``calibrated``:
-        those halves standardised by the catalogue's moments.
+        those halves standardised by the catalogue's moments; ``velocity``: a last 1.
         """
         served, hit = self._user_halves(ids, recent)
-        if not self.config.calibrated:
-            return served, hit
-        behaviour, content = self._catalogue()
-        d = self.config.dim
-        return calibrated_users(served[:, :d], served[:, d:], behaviour, content,
-                                self.config.taste_weight), hit  # fmt: skip
+        if self.config.calibrated:
+            behaviour, content = self._catalogue()
+            d = self.config.dim
+            served = calibrated_users(served[:, :d], served[:, d:], behaviour, content,
+                                      self.config.taste_weight)  # fmt: skip
+        if self.config.velocity:
+            served = np.concatenate([served, np.ones((len(ids), 1), np.float32)], axis=1)
+        return served, hit
 
     def _catalogue(self) -> tuple[Moments, Moments]:
         """The moments of the catalogue's served behaviour and content vectors, estimated

@@ -69,17 +69,23 @@ class ServingState:
         popular_mix: float = 0.0,
         popular_window: int = 0,
         calibrated: bool = False,
+        velocity: bool = False,
     ) -> None:
         if popular_mix < 0 or popular_window < 0:
             raise ValueError(f"popular_mix and popular_window must be non-negative, got "
                              f"{popular_mix} and {popular_window}")  # fmt: skip
-        if calibrated and (dim < 4 or dim % 2):
-            raise ValueError(f"calibrated vectors are 2 * dim + 2 long (even, >= 4), got {dim}")
+        halves = dim - int(velocity)
+        if calibrated and (halves < 4 or halves % 2):
+            raise ValueError(f"calibrated vectors are 2 * dim + 2 long (even, >= 4; one more "
+                             f"with velocity), got {dim}")  # fmt: skip
         self.dim = dim
         self.popular_mix = popular_mix
         # served vectors in the worker's --calibrate layout: an item ends in [a, 1 - a], the
         # coordinates that meet a user's offsets; item-item similarity leaves them out
         self.calibrated = calibrated
+        # with the worker's --velocity-weight an item ends in its velocity term too, meant for
+        # the user's 1: item-item similarity leaves that out as well
+        self.velocity = velocity
         # popularity: positives among the last `popular_window` interactions (0: items'
         # total update counts), ties broken by update counts
         self.recent = RecentCounts(popular_window) if popular_window > 0 else None
@@ -197,8 +203,11 @@ class ServingState:
         vector = self.index.vector(item_id)
         if vector is None:
             return None
-        if self.calibrated:  # else a1 a2 + (1 - a1)(1 - a2) would pull items of the same age
-            vector = np.concatenate([vector[:-2], np.zeros(2, vector.dtype)])
+        # else a1 a2 + (1 - a1)(1 - a2) would pull items of the same age together, and
+        # t1 t2 young items that are taking off
+        tail = 2 * int(self.calibrated) + int(self.velocity)
+        if tail:
+            vector = np.concatenate([vector[:-tail], np.zeros(tail, vector.dtype)])
         return self.index.search(vector, k, exclude={item_id, *exclude})
 
     def freshness_percentiles(self, since: float = 0.0) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Cold start on the real broker: a worker started from a bootstrap serves new items at once.
 
 The worker runs with users' content tastes on (``--taste-weight``), so served vectors are
-twice ``--dim`` long and the replica is told so (``--dim 64``); and again with the halves
-calibrated (``--calibrate``: ``2 * dim + 2``, the replica at ``--dim 66 --calibrated``).
+twice ``--dim`` long and the replica is told so (``--dim 64``); and again as MovieLens is
+evaluated at the worker's cadence: the halves calibrated (``--calibrate``: ``2 * dim + 2``)
+and young items' velocity served (``--velocity-weight``: one more), the replica at
+``--dim 67 --calibrated --velocity``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ def boot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bootstrapped, Path]:
 
 SERVING = {  # worker args beside --init-from, api args
     "taste": (("--taste-weight", "0.5"), ("--dim", "64")),
-    "calibrated": (("--taste-weight", "1", "--calibrate"), ("--dim", "66", "--calibrated")),
+    "calibrated": (
+        ("--taste-weight", "1", "--calibrate", "--velocity-weight", "0.2"),
+        ("--dim", "67", "--calibrated", "--velocity"),
+    ),
 }
 
 

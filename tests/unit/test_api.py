@@ -149,3 +149,24 @@ def test_a_calibrated_replica_leaves_the_offset_coordinates_out_of_similar_items
     assert ranked == {False: ["other", "twin"], True: ["twin", "other"]}
     with pytest.raises(ValueError, match="2 \\* dim \\+ 2"):
         ServingState(dim=33, calibrated=True)
+
+
+def test_a_velocity_replica_leaves_the_term_out_of_similar_items() -> None:
+    """With --velocity an item ends in its velocity term, meant for the user's 1: between
+    two young items taking off it would add t1 * t2 whatever their vectors say."""
+    from services.ann.index import IndexConfig
+
+    records = [
+        VectorRecord("q", np.array([1, 0, 0, 0, 2], np.float32), 1, 0),  # young, taking off
+        VectorRecord("fast", np.array([0, 1, 0, 0, 2], np.float32), 1, 0),  # another one
+        VectorRecord("near", np.array([0.9, 0.1, 0, 0, 0], np.float32), 50, 0),  # warm, alike
+    ]
+    ranked = {}
+    for velocity in (False, True):
+        state = ServingState(dim=5, index=IndexConfig(space="ip"), velocity=velocity)
+        state.apply_items(records, now_ms=0)
+        ranked[velocity] = [i for i, _ in state.similar("q", k=2) or []]
+    assert ranked == {False: ["fast", "near"], True: ["near", "fast"]}
+    ServingState(dim=19, calibrated=True, velocity=True)  # 2 * 8 + 2 + 1
+    with pytest.raises(ValueError, match="one more"):
+        ServingState(dim=18, calibrated=True, velocity=True)

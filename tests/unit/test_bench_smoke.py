@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import ann, http, sampler
+from bench import ann, http, sampler, velocity
 
 
 def test_ann_benchmark_runs_and_reports_every_contender(tmp_path: Path) -> None:
@@ -37,3 +37,13 @@ def test_sampler_benchmark_checks_both_draws_agree_and_times_them(tmp_path: Path
                             "--out", str(tmp_path / "sampler.json")])  # fmt: skip
     assert [r["items"] for r in results["rows"]] == [500, 3000]
     assert all(r["baseline_steps_s"] > 0 and r["sample_steps_s"] > 0 for r in results["rows"])
+
+
+def test_velocity_benchmark_runs_both_workers_over_one_stream(tmp_path: Path) -> None:
+    # main() raises if the two trained different rows (velocity is served, never trained)
+    results = velocity.main(["--history", "1500", "--events", "1500",
+                             "--out", str(tmp_path / "velocity.json")])  # fmt: skip
+    assert results["steps"] >= 100 and results["ratio"] > 0
+    published = results["items_published_per_step"]
+    assert published["velocity"] >= published["baseline"] > 0
+    assert results["trainer_state_bytes"]["velocity"] > results["trainer_state_bytes"]["baseline"]

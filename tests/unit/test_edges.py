@@ -53,6 +53,7 @@ def test_environment_sets_only_the_default_bootstrap() -> None:
     api = build_parser({}).parse_args(["api"])
     assert api.host == "127.0.0.1"  # services bind to loopback unless told otherwise
     assert api.calibrated is False  # as the worker's --calibrate
+    assert api.velocity is False  # as the worker's --velocity-weight
 
 
 def test_worker_learning_defaults_are_the_trainers() -> None:
@@ -60,7 +61,7 @@ def test_worker_learning_defaults_are_the_trainers() -> None:
     args = build_parser({}).parse_args(["worker"])
     defaults = TrainConfig()
     names = ("lr", "temperature", "negatives", "blend_k", "session_weight", "fold_in",
-             "negative_sampler", "calibrate")  # fmt: skip
+             "negative_sampler", "calibrate", "velocity_weight")  # fmt: skip
     assert {n: getattr(args, n) for n in names} == {n: getattr(defaults, n) for n in names}
     assert build_parser({}).parse_args(["worker", "--temperature", "1"]).temperature == 1.0
 

@@ -10,11 +10,22 @@ import pytest
 import torch
 
 from paramserver.ps import ParameterServer
+from stream.batching import Batcher
 from stream.bootstrap import BootstrapConfig, Bootstrapped, bootstrap, load_into
+from stream.core import RawRecord, WorkerCore
 from stream.model import TwoTower
 from stream.schemas import Interaction
 from stream.similarity import Similarity, blend_weight, interleave
-from stream.training import CONTENT, ITEMS, TASTE, USERS, OnlineTrainer, TrainConfig
+from stream.training import (
+    CONTENT,
+    ITEMS,
+    TASTE,
+    USERS,
+    OnlineTrainer,
+    StepStats,
+    TrainConfig,
+)
+from stream.vectors import VectorRecord
 
 
 def clicks(n: int, users: int = 6, items: int = 6, offset: int = 0) -> list[Interaction]:
@@ -564,3 +575,124 @@ def test_moments_survive_json_exactly_and_refuse_mismatched_shapes() -> None:
     np.testing.assert_array_equal(back.cov, m.cov)
     with pytest.raises(ValueError, match="mismatched"):
         Moments.from_json({"mean": [0.0, 1.0], "cov": [[1.0]]})
+
+
+def test_velocity_adds_a_young_items_term_to_its_score_in_one_more_coordinate() -> None:
+    """Served: the item's ``beta * (1 - a) * level`` against the user's 1, on top of the
+    scores without it; training is the same either way."""
+    plain, fast = (content_trainer(taste_weight=1.0, calibrate=True, velocity_weight=v)
+                   for v in (0.0, 0.5))  # fmt: skip
+    assert (plain.config.served_dim, fast.config.served_dim) == (18, 19)
+    items = [f"i{k}" for k in range(6)] + ["new"]
+    for t in (plain, fast):
+        t.add_content(items[:-1], text_of(6), now=0.0)  # the catalogue the stream starts with
+        t.apply(clicks(12))
+        t.add_content(["new"], text_of(7)[-1:], now=15.0)  # a new item arrives
+        t.apply([Interaction("x", "u0", "new", "click", 20.0)])
+    users, _ = fast.user_vectors(["u0", "u1"])
+    assert users[:, -1].tolist() == [1.0, 1.0]
+    np.testing.assert_array_equal(users[:, :-1], plain.user_vectors(["u0", "u1"])[0])
+    served, _ = fast.item_vectors(items)
+    np.testing.assert_array_equal(served[:, :-1], plain.item_vectors(items)[0])
+    a = blend_weight(fast.frequency.counts(items), fast.config.blend_k)
+    term = 0.5 * (1 - a) * fast.velocity.levels(items)
+    np.testing.assert_allclose(served[:, -1], term, rtol=1e-6)
+    # the new item: 1 positive, 1 positive old, at the cap: 1 * 20; i0, in the catalogue the
+    # stream started with: not young, its plain count of 2
+    assert served[-1, -1] == pytest.approx(0.5 * (1 - 1 / 6) * round(np.log1p(20) / 0.05) * 0.05)
+    assert served[0, -1] == pytest.approx(0.5 * (1 - 2 / 7) * round(np.log1p(2) / 0.05) * 0.05)
+
+
+def test_velocity_is_off_without_blending_and_not_with_l2() -> None:
+    off = TrainConfig(dim=8, velocity_weight=0.2, blend_k=0.0)
+    assert not off.velocity and off.served_dim == 8
+    assert TrainConfig(dim=8, velocity_weight=0.2).served_dim == 9
+    with pytest.raises(ValueError, match="inner product"):
+        TrainConfig(velocity_weight=0.2, similarity="l2")
+    with pytest.raises(ValueError, match="velocity_weight"):
+        TrainConfig(velocity_weight=-0.1)
+
+
+def velocity_stream(n: int, offset: int = 0) -> list[Interaction]:
+    """Six regular items taken in turn, and a new item every 7 events, taken a few times."""
+    out = []
+    for k in range(offset, offset + n):
+        item = f"i{k % 6}" if k % 7 else f"n{k // 21}"
+        out.append(Interaction(f"e{k}", f"u{k % 5}", item, "click", float(k), session_id="s"))
+    return out
+
+
+def velocity_core(content: bool = True) -> WorkerCore:
+    core = WorkerCore(content_trainer(velocity_weight=0.5, velocity_window=40, velocity_cap=10.0),
+                      batcher=Batcher(size=3, window_ms=50))  # fmt: skip
+    if content:  # else restored: the content rows are in the checkpoint's tables
+        core.trainer.add_content([f"i{k}" for k in range(6)], text_of(6), now=0.0)
+    return core
+
+
+def feed(core: WorkerCore, events: list[Interaction], start: int) -> list[list[VectorRecord]]:
+    """The item records each batch published."""
+    recs = [RawRecord(e.to_json(), 1000 + 10 * n, partition=0, offset=start + n)
+            for n, e in enumerate(events)]  # fmt: skip
+    batches, _ = core.accept(recs)
+    return [core.process(b).items for b in batches]
+
+
+def test_a_replica_that_takes_what_the_worker_publishes_keeps_every_items_term() -> None:
+    """An item's velocity level moves as it ages and as its positives leave the window,
+    with no event of its own: the worker publishes those items again (StepStats.aged), so
+    a replica applying the records holds, after every batch, what the trainer serves. New
+    items with an even number announce their content 10 events before their first positive
+    (their age counts from it), the others arrive with their first positive."""
+    core = velocity_core()
+    ids = [f"i{k}" for k in range(6)] + [f"n{k}" for k in range(30)]
+    replica = {r.key: r.vector for r in core.vectors(ids, []).items}
+    texts = dict(zip(ids, text_of(len(ids), seed=3), strict=True))
+    aged: list[str] = []
+    apply = core.trainer.apply
+
+    def recording(events: list[Interaction]) -> StepStats:
+        stats = apply(events)
+        aged.extend(stats.aged)
+        return stats
+
+    core.trainer.apply = recording  # type: ignore[method-assign]
+    recs = [RawRecord(e.to_json(), 1000 + 10 * n, partition=0, offset=n)
+            for n, e in enumerate(velocity_stream(600))]  # fmt: skip
+    announced = 0
+    for batch in core.accept(recs)[0]:
+        while announced < 30 and 21 * announced <= batch[-1].offset + 10:
+            if announced % 2 == 0:  # published at once, as the worker's add_items does
+                core.trainer.add_content([f"n{announced}"], texts[f"n{announced}"][None], now=0)
+                replica.update((r.key, r.vector) for r in core.vectors([f"n{announced}"], []).items)
+            announced += 1
+        replica.update((r.key, r.vector) for r in core.process(batch).items)
+        # (read one by one or together: float rounding apart; a stale term is >= 1e-3 off)
+        np.testing.assert_allclose(np.stack([replica[i] for i in ids]),
+                                   core.trainer.item_vectors(ids)[0], atol=1e-6)  # fmt: skip
+    assert len(aged) > 30  # republished for their age alone, many times
+
+
+def test_a_restored_worker_keeps_the_velocity_of_one_that_never_stopped() -> None:
+    from paramserver.stores.memory import MemoryStore
+    from stream.checkpoint import checkpoint_writes, restore
+
+    steady, crashed, store = velocity_core(), velocity_core(), MemoryStore()
+    first, rest = velocity_stream(90), velocity_stream(150, offset=90)
+    feed(steady, first, 0)
+    feed(crashed, first, 0)
+    store.commit(checkpoint_writes(crashed, "interactions"))
+    saved = json.loads(json.dumps(crashed.trainer.state()))
+    assert saved["velocity"]["born"]  # young items in flight at the checkpoint
+    resumed = velocity_core(content=False)
+    restore(resumed, store, "interactions")
+
+    def vectors(records: list[list[VectorRecord]]) -> np.ndarray:
+        return np.stack([r.vector for batch in records for r in batch])
+
+    served = vectors(feed(steady, rest, 90))
+    np.testing.assert_array_equal(vectors(feed(resumed, rest, 90)), served)
+    forgetful = velocity_core(content=False)  # a checkpoint without it: every item old
+    restore(forgetful, store, "interactions")
+    forgetful.trainer.load_state({k: v for k, v in saved.items() if k != "velocity"})
+    assert not np.array_equal(vectors(feed(forgetful, rest, 90)), served)
