@@ -313,6 +313,8 @@ def record_metrics(
         metrics.event_age_seconds.observe(max(0.0, time.time() - out.oldest_event_ms / 1000))
     metrics.vectors_published.labels(kind="item").inc(len(out.items))
     metrics.vectors_published.labels(kind="user").inc(len(out.users))
+    if out.aged:
+        metrics.velocity_republished.inc(out.aged)
     if out.unadmitted:
         metrics.unadmitted.inc(out.unadmitted)
     metrics.evictions_published.labels(kind="item").inc(len(out.evicted_items))

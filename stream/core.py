@@ -65,6 +65,7 @@ class BatchOutput:
     evicted_users: list[str] = field(default_factory=list)
     evicted_items: list[str] = field(default_factory=list)
     unadmitted: int = 0
+    aged: int = 0  # of the items: published again for their velocity alone
     loss: float | None = None
     oldest_event_ms: int | None = None
 
@@ -153,6 +154,7 @@ class WorkerCore:
         out.users = _records(stats.users, first_ms_user, users_of, trainer, USERS)
         # aged: outside the batch, but their velocity level moved: published again
         published = [*stats.items, *stats.aged]
+        out.aged = len(stats.aged)
         out.items = _records(published, first_ms_item, trainer.item_vectors, trainer, ITEMS)
         return out
 

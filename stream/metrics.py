@@ -30,6 +30,7 @@ class WorkerMetrics:
     event_age_seconds: Histogram
     loss: Gauge
     vectors_published: Counter
+    velocity_republished: Counter
     rows: Gauge
     unadmitted: Counter
     evictions_published: Counter
@@ -59,6 +60,10 @@ class WorkerMetrics:
             loss=Gauge(f"{p}_training_loss", "Loss of the last micro-batch", registry=r),
             vectors_published=Counter(f"{p}_vectors_published", "Vectors written", ["kind"],
                                       registry=r),
+            velocity_republished=Counter(
+                f"{p}_velocity_republished_items",
+                "Item vectors published again with no event of their own: their velocity "
+                "level moved as they aged (included in vectors_published)", registry=r),
             rows=Gauge(f"{p}_ps_rows", "Rows in the parameter server", ["table"], registry=r),
             unadmitted=Counter(f"{p}_unadmitted_events",
                                "Events not trained on: user or item not yet admitted", registry=r),

@@ -659,18 +659,20 @@ def test_a_replica_that_takes_what_the_worker_publishes_keeps_every_items_term()
     core.trainer.apply = recording  # type: ignore[method-assign]
     recs = [RawRecord(e.to_json(), 1000 + 10 * n, partition=0, offset=n)
             for n, e in enumerate(velocity_stream(600))]  # fmt: skip
-    announced = 0
+    announced = counted = 0
     for batch in core.accept(recs)[0]:
         while announced < 30 and 21 * announced <= batch[-1].offset + 10:
             if announced % 2 == 0:  # published at once, as the worker's add_items does
                 core.trainer.add_content([f"n{announced}"], texts[f"n{announced}"][None], now=0)
                 replica.update((r.key, r.vector) for r in core.vectors([f"n{announced}"], []).items)
             announced += 1
-        replica.update((r.key, r.vector) for r in core.process(batch).items)
+        out = core.process(batch)
+        replica.update((r.key, r.vector) for r in out.items)
+        counted += out.aged  # what the worker's metric counts
         # (read one by one or together: float rounding apart; a stale term is >= 1e-3 off)
         np.testing.assert_allclose(np.stack([replica[i] for i in ids]),
                                    core.trainer.item_vectors(ids)[0], atol=1e-6)  # fmt: skip
-    assert len(aged) > 30  # republished for their age alone, many times
+    assert counted == len(aged) > 30  # republished for their age alone, many times
 
 
 def test_a_restored_worker_keeps_the_velocity_of_one_that_never_stopped() -> None:
