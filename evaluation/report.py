@@ -81,7 +81,8 @@ def pool(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Several runs (by seed; each ``{"summary", "paired"}`` as :func:`write` saves them) in
     one: per model the recall@k of each seed, their mean and range; per contender the
     paired counts summed over seeds (targets of different seeds are independent) and the
-    McNemar p of the sums.
+    McNemar p of the sums. Only the models every run has are pooled (a ``--sweep`` run has
+    fewer).
 
     >>> one = {"summary": {"a": {"recall": 0.5}, "b": {"recall": 0.4}},
     ...        "paired": {"b": {"all": {"wins": 6, "losses": 1, "targets": 10}}}}
@@ -94,11 +95,13 @@ def pool(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     (0.0386, 0.4)
     """
     seeds = sorted(runs)
-    models = list(runs[seeds[0]]["summary"])
+    models = [m for m in runs[seeds[0]]["summary"] if all(m in runs[s]["summary"] for s in seeds)]
     recall = {name: _spread([float(runs[s]["summary"][name]["recall"]) for s in seeds])
               for name in models}  # fmt: skip
     paired_: dict[str, dict[str, dict[str, Any]]] = {}
     for name, parts in runs[seeds[0]]["paired"].items():
+        if name not in models:
+            continue
         paired_[name] = {}
         for part in parts:
             wins = sum(int(runs[s]["paired"][name][part]["wins"]) for s in seeds)

@@ -394,10 +394,16 @@ def check_seeds(cfg: RunConfig, seeds: Sequence[int]) -> None:
         raise ValueError(f"--seeds needs at least two different seeds, got {list(seeds)}")
 
 
+# what may differ between runs pooled over seeds: the seed, where a run went and what it
+# took, and --sweep (fewer models, the same online learner: pooled over the common models)
+POOL_FREE = {"seed", "out", "seconds", "batches", "history_events", "evaluated_events",
+             "sweep", "save_bootstrap"}  # fmt: skip
+
+
 def _runs_of(cfg: RunConfig, dirs: dict[int, Path]) -> dict[int, dict[str, Any]]:
     """The saved results of runs to pool, by seed. They must be of the stream ``cfg`` names
-    (else, say, MovieLens runs would be pooled as independent generated streams):
-    ValueError, with the option to pass."""
+    (else, say, MovieLens runs would be pooled as independent generated streams), and ran at
+    the same settings but for the seed (``POOL_FREE``): ValueError, naming what differs."""
     runs: dict[int, dict[str, Any]] = {}
     for seed, directory in dirs.items():
         path = directory / "results.json"
@@ -412,6 +418,14 @@ def _runs_of(cfg: RunConfig, dirs: dict[int, Path]) -> dict[int, dict[str, Any]]
                              f"pass the same --dataset / --events-file to pool it")  # fmt: skip
         if int(meta.get("seed", seed)) != seed:
             raise ValueError(f"{directory} holds a run of seed {meta.get('seed')}, not {seed}")
+    first, *rest = sorted(runs)
+    for seed in rest:
+        a, b = runs[first]["meta"], runs[seed]["meta"]
+        differ = sorted(k for k in (set(a) | set(b)) - POOL_FREE if a.get(k) != b.get(k))
+        if differ:
+            shown = ", ".join(f"{k}: {a.get(k)} / {b.get(k)}" for k in differ)
+            raise ValueError(f"the runs of seeds {first} and {seed} differ in more than the "
+                             f"seed ({shown}): run them at the same settings")  # fmt: skip
     return runs
 
 

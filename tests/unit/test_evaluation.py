@@ -392,6 +392,18 @@ def test_run_seeds_pools_independent_streams_and_refuses_fixed_datasets(
     assert not (tmp_path / "no").exists()
     again = run_seeds(cfg, [3, 5], pool_only=True)  # the generator's runs, pooled again
     assert again == pooled
+    # a --sweep run of another seed pools with them, over the models all three have
+    run(replace(cfg, sweep=True, seed=7, out=tmp_path / "eval" / "seed-7"), encode=fake_encode)
+    mixed = run_seeds(cfg, [3, 5, 7], pool_only=True)
+    assert set(mixed["recall"]) == {"online", "online, no blending", "popularity"}
+    seven = json.loads((tmp_path / "eval" / "seed-7" / "results.json").read_text())
+    wins = [r["paired"]["popularity"]["all"]["wins"] for r in (mixed, pooled, seven)]
+    assert wins[0] == wins[1] + wins[2]
+    # one at other settings does not: it would pool two learners as one
+    run(replace(cfg, sweep=True, seed=7, lr=0.5, out=tmp_path / "eval" / "seed-7"),
+        encode=fake_encode)  # fmt: skip
+    with pytest.raises(ValueError, match="differ in more than the seed \\(lr: None / 0.5"):
+        run_seeds(cfg, [3, 5, 7], pool_only=True)
 
 
 def test_run_seeds_pools_a_fixed_dataset_target_by_target(tmp_path: Path) -> None:
