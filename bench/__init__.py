@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def timed(step: Callable[[int], None], n_batches: int, seconds: float) -> tuple[float, int]:
@@ -15,3 +18,11 @@ def timed(step: Callable[[int], None], n_batches: int, seconds: float) -> tuple[
         step(done % n_batches)
         done += 1
     return time.perf_counter() - started, done
+
+
+def save(results: dict[str, Any], path: str | Path) -> None:
+    """Write a benchmark's results as JSON (making its folder) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")

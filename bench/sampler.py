@@ -18,13 +18,11 @@ Usage: ``python -m bench.sampler [--items 10000,100000,1000000] [--batch 12] [--
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench import timed
+from bench import save, timed
 from stream.frequency import ItemFrequency
 
 
@@ -82,10 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{items:>9,}  {row['baseline_steps_s']:>16,.0f}  {row['sample_steps_s']:>14,.0f}"
               f"  {row['ratio']:.1f}x")  # fmt: skip
     results = {"batch": args.batch, "negatives": args.negatives, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    save(results, args.out)
     return results
 
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench import save
 from services.datagen import GeneratorConfig, InteractionGenerator, ItemInfo
 from stream.core import RawRecord, WorkerCore
 from stream.model import CONTENT_DIM
@@ -107,10 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for n in cores:
         print(f"{n:>9}  {ms[n]:>8.3f}  {published[n] / steps:>17.1f}  {state[n]:>16,} B")
     print(f"velocity / baseline step time: {results['ratio']:.3f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    save(results, args.out)
     return results
 
 
