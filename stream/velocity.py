@@ -32,7 +32,9 @@ Examples
 
 from __future__ import annotations
 
-from collections import Counter
+import heapq
+import math
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,15 +46,32 @@ GRID = 0.05  # the level's step: what a replica may lag behind the exact log(1 +
 
 
 class Velocity:
-    """The positives of the last ``window``, and where each young item's first one fell."""
+    """The positives of the last ``window``, and where each young item's first one fell.
+
+    Per step it looks only at the items whose level may have moved: those whose positives
+    left the window, and young ones whose age reached the point where their level next
+    steps down (scheduled when their level was last read; a look that finds the level
+    unmoved schedules another), so a step costs O(its batch), not O(young items).
+    """
 
     def __init__(self, window: int = 5_000, cap: float = 20.0, grid: float = GRID) -> None:
-        if cap < 1 or grid <= 0:
-            raise ValueError(f"cap must be >= 1 and grid > 0, got {cap} and {grid}")
+        if cap < 1 or grid <= 0 or window < 1:
+            raise ValueError(f"window and cap must be >= 1 and grid > 0, got {window}, {cap} "
+                             f"and {grid}")  # fmt: skip
         self.window, self.cap, self.grid = window, cap, grid
-        self.recent = RecentCounts(window)
+        self._start()
+
+    def _start(self) -> None:
+        """Nothing seen yet."""
+        self.recent = RecentCounts(self.window)
         self.position = 0  # positives observed so far
         self.born: dict[str, int] = {}  # young item -> position of its first positive
+        self._births: deque[tuple[int, str]] = deque()  # (position, item), oldest first
+        # young items with positives in the window: their level as last read, and the
+        # position by which to look again (a heap, with stale entries skipped)
+        self._tracked: dict[str, float] = {}
+        self._next: dict[str, int] = {}
+        self._due: list[tuple[int, str]] = []
 
     def arrive(self, items: Iterable[str]) -> None:
         """New items (their content, before any positive): their age counts from now. Items
@@ -61,38 +80,39 @@ class Velocity:
         if self.position == 0:
             return
         for item in items:
-            self.born.setdefault(item, self.position)
+            self._birth(item)
 
     def observe(self, items: Sequence[str], new: Iterable[str]) -> list[str]:
         """Count a batch's positives (in order); ``new``: items that arrive with their first
         positive (never seen, no content; an item with history counts is not young). Returns
-        the items *not* in the batch whose level moved: aged, or their positives left the
-        window."""
+        the items *not* in the batch whose level moved, sorted: aged, or their positives
+        left the window."""
         new = set(new)
         batch = set(items)
-        # a young item with no positive in the window stays at level 0 until it has one
-        young = [i for i in self.born if i not in batch and self.recent.get(i)]
-        before = dict(zip(young, self.levels(young).tolist(), strict=True))
         for item in items:
-            if item in new and item not in self.born:
-                self.born[item] = self.position
+            if item in new:
+                self._birth(item)
             self.position += 1
         left = Counter(i for i in self.recent.observe(items) if i not in batch)
-        for item in left:
-            if item not in before:
-                before[item] = None  # its level before the batch: recomputed below
-        grown_up = [i for i, at in self.born.items() if self.position - at >= self.window]
-        for item in grown_up:  # past the window the scale is 1 for good: no longer tracked
-            del self.born[item]
+        while self._births and self.position - self._births[0][0] >= self.window:
+            at, item = self._births.popleft()  # a window old: the scale is 1 for good
+            if self.born.get(item) == at:
+                del self.born[item]
+        look = set(left)
+        while self._due and self._due[0][0] <= self.position:
+            at, item = heapq.heappop(self._due)
+            if self._next.get(item) == at:
+                del self._next[item]
+                look.add(item)
         moved = []
-        candidates = list(before)
-        now = self.levels(candidates).tolist()
-        for item, level in zip(candidates, now, strict=True):
-            was = before[item]
+        for item in sorted(look - batch):
+            was = self._tracked.get(item)
             if was is None:  # an old item whose positives left the window (scale 1 both)
                 was = self._level(self.recent.get(item) + left[item], 1.0)
-            if was != level:
+            if self._follow(item) != was:
                 moved.append(item)
+        for item in batch:
+            self._follow(item)
         return moved
 
     def forget(self, items: Iterable[str]) -> None:
@@ -100,11 +120,40 @@ class Velocity:
         back)."""
         for item in items:
             self.born.pop(item, None)
+            self._tracked.pop(item, None)
+            self._next.pop(item, None)
 
     def levels(self, items: Sequence[str]) -> np.ndarray:
         """``log(1 + v)`` per item, on the grid (0 for an item with no recent positive)."""
         return np.fromiter((self._level(self.recent.get(i), self._scale(i)) for i in items),
                            dtype=np.float64, count=len(items))  # fmt: skip
+
+    def _birth(self, item: str) -> None:
+        if item not in self.born:
+            self.born[item] = self.position
+            self._births.append((self.position, item))
+
+    def _follow(self, item: str) -> float:
+        """The item's level now. A young item with positives in the window is followed: its
+        level kept, and a look scheduled at the age its level may next step down by."""
+        count = self.recent.get(item)
+        level = self._level(count, self._scale(item))
+        at = self.born.get(item)
+        if at is None or not count:
+            self._tracked.pop(item, None)
+            self._next.pop(item, None)
+            return level
+        self._tracked[item] = level
+        # the level steps down once log(1 + count * scale) / grid < its step - 1/2, i.e.
+        # once the scale, window / age, is below `floor`; looked at a little early (a look
+        # that finds it unmoved looks again), never late
+        floor = math.expm1((round(level / self.grid) - 0.5) * self.grid) / count
+        age = self.position - at
+        ahead = self.window if floor <= 1.0 else int(self.window / floor) - 1
+        due = at + min(self.window, max(age + 1, ahead))
+        self._next[item] = due
+        heapq.heappush(self._due, (due, item))
+        return level
 
     def _scale(self, item: str) -> float:
         at = self.born.get(item)
@@ -119,6 +168,13 @@ class Velocity:
         return {"recent": self.recent.to_list(), "position": self.position, "born": self.born}
 
     def load_json(self, raw: Mapping[str, Any]) -> None:
+        """Restore :meth:`to_json`'s state; what is derived from it (the births in order, the
+        followed levels and their looks) is rebuilt."""
+        self._start()
         self.recent = RecentCounts.from_list(raw["recent"], self.window)
         self.position = int(raw["position"])
-        self.born = {str(i): int(at) for i, at in raw["born"].items()}
+        for item, at in sorted(raw["born"].items(), key=lambda kv: int(kv[1])):
+            self.born[str(item)] = int(at)
+            self._births.append((int(at), str(item)))
+        for item in self.born:
+            self._follow(item)

@@ -32,24 +32,33 @@ def test_a_young_items_level_is_its_rate_over_its_age_capped_and_floored() -> No
     assert v.levels(["young"])[0] == 0.0
 
 
-def test_observe_returns_exactly_the_unbatched_items_whose_level_moved() -> None:
+@pytest.mark.parametrize(
+    ("window", "cap", "grid"),
+    [(50, 10.0, 0.05), (200, 20.0, 0.05), (37, 3.0, 0.2), (400, 20.0, 0.01)],
+)
+def test_observe_returns_exactly_the_unbatched_items_whose_level_moved(
+    window: int, cap: float, grid: float
+) -> None:
     """What a replica needs: with the batch's items and these republished, every served
-    level equals the tracker's (checked against levels read before and after each batch)."""
-    rng = np.random.default_rng(0)
-    v = Velocity(window=50, cap=10.0, grid=0.05)
+    level equals the tracker's (checked against every item's level read before and after
+    each batch: the tracker itself looks only where a level may have moved)."""
+    rng = np.random.default_rng(window)
+    v = Velocity(window=window, cap=cap, grid=grid)
     seen: set[str] = set()
-    universe = [f"i{k}" for k in range(40)]
+    universe = [f"i{k}" for k in range(60)]
     moved_total = 0
-    for _ in range(300):
-        # a Zipf-ish batch, new items now and then
-        batch = [universe[min(int(rng.zipf(1.5)) - 1, 39)] for _ in range(int(rng.integers(1, 6)))]
-        everyone = sorted(seen | set(batch))
+    for step in range(600):
+        # a Zipf-ish batch, new items now and then; some announce their content first
+        batch = [universe[min(int(rng.zipf(1.5)) - 1, 59)] for _ in range(int(rng.integers(1, 6)))]
+        if step % 7 == 0:  # as the trainer does: only an item never seen before arrives
+            v.arrive([i for i in [universe[int(rng.integers(60))]] if i not in seen])
+        everyone = sorted(seen | set(batch) | set(v.born))
         before = dict(zip(everyone, v.levels(everyone).tolist(), strict=True))
         moved = v.observe(batch, new={i for i in batch if i not in seen})
         seen |= set(batch)
         after = dict(zip(everyone, v.levels(everyone).tolist(), strict=True))
-        expected = {i for i in everyone if i not in batch and before[i] != after[i]}
-        assert set(moved) == expected and len(moved) == len(set(moved))
+        expected = sorted(i for i in everyone if i not in batch and before[i] != after[i])
+        assert moved == expected, step
         moved_total += len(moved)
     assert moved_total > 50  # ageing and leaving the window both happened, many times
 
