@@ -51,7 +51,8 @@ class Velocity:
     Per step it looks only at the items whose level may have moved: those whose positives
     left the window, and young ones whose age reached the point where their level next
     steps down (scheduled when their level was last read; a look that finds the level
-    unmoved schedules another), so a step costs O(its batch), not O(young items).
+    unmoved schedules another), so a step costs its batch and the looks due (O(log) each),
+    not a pass over every young item.
     """
 
     def __init__(self, window: int = 5_000, cap: float = 20.0, grid: float = GRID) -> None:
