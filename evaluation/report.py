@@ -95,7 +95,7 @@ def pool(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     (0.0386, 0.4)
     """
     seeds = sorted(runs)
-    models = [m for m in runs[seeds[0]]["summary"] if all(m in runs[s]["summary"] for s in seeds)]
+    models = _shared([list(runs[s]["summary"]) for s in seeds])
     recall = {name: _spread([float(runs[s]["summary"][name]["recall"]) for s in seeds])
               for name in models}  # fmt: skip
     paired_: dict[str, dict[str, dict[str, Any]]] = {}
@@ -135,7 +135,7 @@ def pool_targets(runs: dict[int, Path]) -> dict[str, Any]:
                 and np.array_equal(loaded[s]["item_count"], first["item_count"])):  # fmt: skip
             raise ValueError(f"{runs[s]} and {runs[seeds[0]]} are not runs over the same "
                              "targets (another dataset or protocol): not poolable")  # fmt: skip
-    models = [m for m in first["models"] if all(m in loaded[s]["models"] for s in seeds)]
+    models = _shared([loaded[s]["models"] for s in seeds])
     k = int(first["k"])
     cold = first["item_count"] < COLD_BELOW
 
@@ -165,6 +165,11 @@ def pool_targets(runs: dict[int, Path]) -> dict[str, Any]:
                 "wins_summed": int((a & ~b).sum()), "losses_summed": int((b & ~a).sum()),
             }  # fmt: skip
     return {"seeds": seeds, "recall": recall, "paired": paired_, "shared_targets": True}
+
+
+def _shared(models: list[list[str]]) -> list[str]:
+    """The models every run has, in the first run's order (a ``--sweep`` run has fewer)."""
+    return [m for m in models[0] if all(m in other for other in models[1:])]
 
 
 def _spread(values: list[float]) -> dict[str, Any]:

@@ -377,7 +377,7 @@ def run(cfg: RunConfig, encode: Callable[[list[str]], np.ndarray] | None = None)
     online = cfg.train()
     meta.update(online_lr=online.lr, online_temperature=online.temperature,
                 online_negatives=online.negative_sampler, calibrated=online.calibrated,
-        online_velocity=online.velocity_weight if online.velocity else 0.0,
+                online_velocity=online.velocity_weight if online.velocity else 0.0,
                 fold_in=online.fold_in, popular_mix=cfg.mix, popular_window=cfg.window,
                 history_events=n_hist, evaluated_events=n_rest, batches=result.batches,
                 seconds=round(time.monotonic() - started, 1))  # fmt: skip
