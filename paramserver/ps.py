@@ -198,6 +198,11 @@ class ParameterServer:
             deltas.append(TableDelta(name, changes, strings, t.high_water, filter_counts))
         return deltas
 
+    def undrain(self, deltas: list[TableDelta]) -> None:
+        """Put back what :meth:`drain` returned, after a checkpoint that failed to commit."""
+        for delta in deltas:
+            self._table(delta.name).undrain(delta.changes)
+
     def restore(self, delta: TableDelta) -> None:
         """Load a table's rows back from a checkpoint (into an empty table)."""
         t = self._table(delta.name)

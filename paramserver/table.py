@@ -303,6 +303,17 @@ class EmbeddingTable:
             deleted=deleted,
         )
 
+    def undrain(self, changes: TableChanges) -> None:
+        """Put back a drain whose checkpoint failed, so the next drain carries it again.
+
+        Only valid before the table changes again (the worker holds its lock from the
+        drain to the commit): a drained row's slot still holds that row.
+        """
+        slots = changes.slots
+        same = self._live[slots] & (self._keys[slots] == changes.keys)
+        self._dirty[slots[same]] = True
+        self._deleted.update(changes.deleted.tolist())
+
     def load_rows(self, changes: TableChanges, high: int) -> None:
         """Restore rows into their recorded slots (into an empty table); ``high``: slots used."""
         if len(self):

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -28,10 +30,9 @@ from prometheus_client import Gauge
 
 from paramserver.stores import RowStore
 from stream.batching import BATCH_MS, BATCH_SIZE
-from stream.checkpoint import checkpoint_writes
+from stream.checkpoint import commit_checkpoint
 from stream.core import BatchOutput, RawRecord, WorkerCore
 from stream.metrics import WorkerMetrics
-from stream.schemas import InvalidEvent
 from stream.topics import Topics
 from stream.training import ITEMS, USERS, TrainConfig
 
@@ -77,8 +78,22 @@ class WorkerConfig:
         }
 
 
+class WorkerHalted(RuntimeError):
+    """The worker stopped without checkpointing: some output it made could not be made
+    durable. Its last checkpoint is intact; a restart replays from there."""
+
+
 class Settler:
-    """Checkpoints (when a store is given) and then acks the records the checkpoint covers."""
+    """Checkpoints (when a store is given) and then acks the records the checkpoint covers.
+
+    The invariant it keeps: a checkpoint's offsets never pass a record whose effect (its
+    rows, its vectors, its dead letter) is not durable. So every send's delivery is checked
+    before a checkpoint, a checkpoint that fails to commit keeps its changes for the next
+    try, and after an output that cannot be made durable the worker *halts*: no checkpoint
+    is written again by this process, the shutdown one included.
+    """
+
+    MAX_FAILURES = 3  # consecutive failed checkpoints before the worker halts
 
     def __init__(
         self,
@@ -93,27 +108,68 @@ class Settler:
         self.interval = interval if store is not None else 0.0
         self.clock = clock
         self.unacked: list[faust.EventT] = []
+        self.sent: list[Any] = []  # delivery futures of the sends since the last checkpoint
+        self.halted: str | None = None  # why this process may no longer checkpoint
+        self.failures = 0
         self._last = clock()
 
     def due(self) -> bool:
         return self.clock() - self._last >= self.interval
 
-    async def checkpoint(self, app: faust.App) -> dict[int, int]:
-        """Make the state durable (when there is a store); the offsets it reflects."""
+    def halt(self, why: str) -> WorkerHalted:
+        """Refuse every later checkpoint; the error to raise (it stops the worker)."""
+        if self.halted is None:
+            self.halted = why
+            self.metrics.halted.set(1)
+            log.error("worker halted, no further checkpoint: %s", why)
+        return WorkerHalted(why)
+
+    def undelivered(self) -> str | None:
+        """Why the sends since the last checkpoint are not all durable (None: they are)."""
+        for future in self.sent:
+            if not future.done():
+                return "a send was still in flight after the producer's flush"
+            if future.cancelled() or future.exception() is not None:
+                exc = future.exception() if not future.cancelled() else "cancelled"
+                return f"a send failed: {type(exc).__name__}: {exc}"
+        return None
+
+    async def checkpoint(self, app: faust.App) -> dict[int, int] | None:
+        """Make the state durable (when there is a store); the offsets it reflects, or None
+        when no checkpoint was made (it failed; its changes wait for the next one)."""
+        if self.halted is not None:
+            raise WorkerHalted(self.halted)
         offsets = self.core.checkpoint_offsets()
         if self.store is not None:
             started = time.perf_counter()
             await app.producer.flush()  # the vectors these offsets produced are in Kafka first
-            writes = checkpoint_writes(self.core, self.topic)
-            self.store.commit(writes)
+            problem = self.undelivered()
+            if problem is not None:
+                raise self.halt(problem)
+            try:
+                pause_for_faults()
+                writes = commit_checkpoint(self.core, self.store, self.topic)
+            except Exception as exc:  # noqa: BLE001 - kept for the next try, then halted
+                self.failures += 1
+                self.metrics.checkpoint_failures.inc()
+                log.error("checkpoint failed (%d in a row): %s: %s", self.failures,
+                          type(exc).__name__, exc)  # fmt: skip
+                if self.failures >= self.MAX_FAILURES:
+                    raise self.halt(f"{self.failures} checkpoints in a row failed") from exc
+                self._last = self.clock()
+                return None
+            self.failures = 0
             self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
             self.metrics.checkpoint_writes.inc(len(writes))
+        self.sent = []
         self._last = self.clock()
         return offsets
 
     async def settle(self, stream: faust.StreamT, app: faust.App) -> None:
         """Checkpoint, then ack to faust the records the checkpoint covers."""
         offsets = await self.checkpoint(app)
+        if offsets is None:
+            return
         keep = []
         for event in self.unacked:
             message = event.message
@@ -122,6 +178,19 @@ class Settler:
             else:
                 keep.append(event)
         self.unacked = keep
+
+
+def pause_for_faults() -> None:
+    """Fault injection for the crash tests: with ``STREAMBED_FAULT_CHECKPOINT_PAUSE_S`` set,
+    each checkpoint sleeps that long (blocking, as a slow disk would) just before it drains
+    and commits, and ``STREAMBED_FAULT_MARK`` names a file touched first, so a test can
+    kill -9 the worker inside a checkpoint."""
+    pause = float(os.environ.get("STREAMBED_FAULT_CHECKPOINT_PAUSE_S") or 0)
+    if pause > 0:
+        mark = os.environ.get("STREAMBED_FAULT_MARK")
+        if mark:
+            Path(mark).touch()
+        time.sleep(pause)
 
 
 class PartitionLag:
@@ -179,22 +248,32 @@ def build_app(
 
     async def publish(out: BatchOutput) -> None:
         """Dead letters, changed vectors and tombstones of one step, to their topics."""
-        send = app.producer.send  # Topic.send's channel machinery costs ~0.4 ms a record
+        producer = app.producer  # Topic.send's channel machinery costs ~0.4 ms a record
+        sent = settler.sent
+
+        async def send(topic: str, key: bytes | None, value: bytes | None) -> None:
+            try:
+                sent.append(await producer.send(topic, key, value, None, None, None))
+            except Exception as exc:
+                raise settler.halt(
+                    f"could not send to {topic}: {type(exc).__name__}: {exc}"
+                ) from exc
+
         for letter in out.dead_letters:
-            await send(topics.dlq, None, letter.payload, None, None, None)
+            await send(topics.dlq, None, letter.payload)
         for rec in out.items:
-            await send(topics.item_vectors, rec.key.encode(), rec.encode(), None, None, None)
+            await send(topics.item_vectors, rec.key.encode(), rec.encode())
         for rec in out.users:
-            await send(topics.user_vectors, rec.key.encode(), rec.encode(), None, None, None)
+            await send(topics.user_vectors, rec.key.encode(), rec.encode())
         for kind, ids in ((topics.item_vectors, out.evicted_items),
                           (topics.user_vectors, out.evicted_users)):  # fmt: skip
             for key in ids:  # a tombstone: compaction forgets the id, replicas drop it
-                await send(kind, key.encode(), None, None, None, None)
+                await send(kind, key.encode(), None)
 
     async def run(batches: list[list[RawRecord]]) -> None:
         for batch in batches:
             started = time.perf_counter()
-            out = process_safely(core, batch)
+            out = process_safely(core, batch, settler)
             await publish(out)
             record_metrics(metrics, core, out, len(batch), time.perf_counter() - started)
 
@@ -249,7 +328,10 @@ def build_app(
                 ]  # fmt: skip
                 async with lock:
                     started = time.perf_counter()
-                    out = core.add_items(records, encode)
+                    try:
+                        out = core.add_items(records, encode)
+                    except Exception as exc:
+                        raise settler.halt(f"embedding items failed: {exc!r}") from exc
                     await publish(out)
                     metrics.content_items.inc(out.accepted)
                     metrics.content_seconds.observe(time.perf_counter() - started)
@@ -277,23 +359,28 @@ def build_app(
         # still pending is left to the restart, so batches stay what they would have been.
         if store is None:
             return
+        if settler.halted is not None:
+            log.error("no final checkpoint: %s; the last one stands", settler.halted)
+            return
         async with lock:
-            offsets = await settler.checkpoint(sender)
+            try:
+                offsets = await settler.checkpoint(sender)
+            except WorkerHalted:
+                return  # logged by halt; the last checkpoint stands
         log.info("final checkpoint at %s", offsets)
 
     return app
 
 
-def process_safely(core: WorkerCore, records: list[RawRecord]) -> BatchOutput:
-    """Run the core; if it fails on a batch, dead-letter that batch instead of crashing."""
+def process_safely(core: WorkerCore, records: list[RawRecord], settler: Settler) -> BatchOutput:
+    """Run the core (which isolates bad records and failing steps itself). An error that
+    escapes it is not one record's: the tables may hold half a step, so the worker halts
+    rather than checkpoint them, and restarts from its last checkpoint."""
     try:
         return core.process(records)
-    except Exception as exc:  # noqa: BLE001 - a worker must survive any one batch
-        log.exception("micro-batch of %d records failed; sending it to the DLQ", len(records))
-        err = InvalidEvent("processing_error", f"{type(exc).__name__}: {exc}")
-        out = BatchOutput()
-        out.dead_letters = [r.reject(err) for r in records]
-        return out
+    except Exception as exc:
+        log.exception("micro-batch of %d records failed outside the training step", len(records))
+        raise settler.halt(f"a micro-batch failed: {type(exc).__name__}: {exc}") from exc
 
 
 def record_metrics(
@@ -305,6 +392,8 @@ def record_metrics(
         metrics.events.labels(type=kind).inc(count)
     for letter in out.dead_letters:
         metrics.dead_letters.labels(reason=letter.reason).inc()
+    if out.failed_steps:
+        metrics.failed_steps.inc(out.failed_steps)
     if out.duplicates:
         metrics.duplicates.inc(out.duplicates)
     if out.loss is not None:

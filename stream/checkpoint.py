@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 
-from paramserver.checkpoint import drain_into, load_tables
-from paramserver.ps import ParameterServer
+from paramserver.checkpoint import encode_delta, load_tables
+from paramserver.ps import ParameterServer, TableDelta
 from paramserver.stores import RowStore, WriteSet
 from stream.core import WorkerCore
 
@@ -57,19 +58,62 @@ def _local_ps(core: WorkerCore) -> ParameterServer:
 
 
 def checkpoint_writes(core: WorkerCore, topic: str) -> WriteSet:
-    """Everything changed since the last checkpoint, and the offsets it reflects."""
+    """Everything changed since the last checkpoint, and the offsets it reflects (drained:
+    a caller that fails to commit these must use :func:`commit_checkpoint` instead)."""
+    return _encode(core, topic, _Drained.take(core))
+
+
+def commit_checkpoint(core: WorkerCore, store: RowStore, topic: str) -> WriteSet:
+    """Drain, encode and commit one checkpoint; if any of it fails, the drained changes are
+    put back, so the next checkpoint writes them (nothing is lost by a failed try), and
+    the error is raised. Call with the core quiet (the worker's lock held)."""
+    drained = _Drained.take(core)
+    try:
+        writes = _encode(core, topic, drained)
+        store.commit(writes)
+    except BaseException:
+        drained.put_back(core)
+        raise
+    return writes
+
+
+@dataclass
+class _Drained:
+    """What one checkpoint took from the tables, the frequency estimate and the window."""
+
+    tables: list[TableDelta]
+    counts: dict[str, float]
+    gone: list[str]
+    total_scale: tuple[float, float]
+    added: list[tuple[str, int]]
+    dropped: list[str]
+
+    @classmethod
+    def take(cls, core: WorkerCore) -> _Drained:
+        tables = _local_ps(core).drain()
+        counts, gone, total_scale = core.trainer.frequency.drain()
+        added, dropped = core.dedup.drain()
+        return cls(tables, counts, gone, total_scale, added, dropped)
+
+    def put_back(self, core: WorkerCore) -> None:
+        _local_ps(core).undrain(self.tables)
+        core.trainer.frequency.undrain(self.counts, self.gone)
+        core.dedup.undrain(self.added, self.dropped)
+
+
+def _encode(core: WorkerCore, topic: str, drained: _Drained) -> WriteSet:
     writes = WriteSet()
-    drain_into(_local_ps(core), writes)
-    counts, gone, (total, scale) = core.trainer.frequency.drain()
-    for item in gone:
+    for delta in drained.tables:
+        encode_delta(delta, writes)
+    for item in drained.gone:
         writes.delete(FREQ_ROW + item.encode())
-    for item, count in counts.items():
+    for item, count in drained.counts.items():
         writes.put(FREQ_ROW + item.encode(), struct.pack("<d", count))
+    total, scale = drained.total_scale
     writes.put(FREQUENCY, json.dumps({"total": total, "scale": scale}).encode())
-    added, dropped = core.dedup.drain()
-    for event_id in dropped:
+    for event_id in drained.dropped:
         writes.delete(SEEN_ROW + event_id.encode())
-    for event_id, seq in added:
+    for event_id, seq in drained.added:
         writes.put(SEEN_ROW + event_id.encode(), seq.to_bytes(8, "big"))
     writes.put(TRAINER, json.dumps(core.trainer.state()).encode())
     offsets = {str(p): o for p, o in sorted(core.checkpoint_offsets().items())}

@@ -27,8 +27,15 @@ import numpy as np
 from stream.batching import BATCH_MS, BATCH_SIZE, Batcher
 from stream.content import item_text
 from stream.dedup import RecentIds
-from stream.schemas import Interaction, InvalidEvent, dead_letter, parse_event, parse_item
-from stream.training import ITEMS, USERS, OnlineTrainer
+from stream.schemas import (
+    LETTER_PAYLOAD_BYTES,
+    Interaction,
+    InvalidEvent,
+    dead_letter,
+    parse_event,
+    parse_item,
+)
+from stream.training import ITEMS, USERS, OnlineTrainer, StepStats
 from stream.vectors import VectorRecord
 
 
@@ -42,9 +49,12 @@ class RawRecord:
     offset: int = -1
     key: bytes | None = None
 
-    def reject(self, err: InvalidEvent) -> DeadLetter:
-        """The dead letter for this record: reason, original bytes and where it came from."""
-        payload = dead_letter(self.value, err, partition=self.partition, offset=self.offset)
+    def reject(self, err: InvalidEvent, max_payload: int = LETTER_PAYLOAD_BYTES) -> DeadLetter:
+        """The dead letter for this record: reason, the original bytes (bounded) and where it
+        came from."""
+        payload = dead_letter(
+            self.value, err, max_payload, partition=self.partition, offset=self.offset
+        )
         return DeadLetter(err.reason, payload)
 
 
@@ -68,6 +78,45 @@ class BatchOutput:
     aged: int = 0  # of the items: published again for their velocity alone
     loss: float | None = None
     oldest_event_ms: int | None = None
+    failed_steps: int = 0  # training steps that raised and were split to find the poison
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """The events one or more successful training steps took, and what they did."""
+
+    step: StepStats
+    events: list[Interaction]
+
+    @property
+    def unadmitted(self) -> int:
+        return self.step.unadmitted
+
+    @property
+    def positives(self) -> int:
+        return self.step.positives
+
+    @property
+    def skips(self) -> int:
+        return self.step.skips
+
+    @property
+    def loss(self) -> float:
+        return self.step.loss
+
+    @staticmethod
+    def merge(a: _Trained, b: _Trained) -> _Trained:
+        """Two steps as one: rows changed by either, loss weighted by their counts."""
+        na, nb = a.positives + a.skips, b.positives + b.skips
+        loss = (a.loss * na + b.loss * nb) / (na + nb) if na + nb else 0.0
+        items = tuple(dict.fromkeys((*a.step.items, *b.step.items)))
+        aged = tuple(i for i in dict.fromkeys((*a.step.aged, *b.step.aged)) if i not in items)
+        step = StepStats(
+            a.positives + b.positives, a.skips + b.skips, loss,
+            tuple(dict.fromkeys((*a.step.users, *b.step.users))), items,
+            a.unadmitted + b.unadmitted, aged,
+        )  # fmt: skip
+        return _Trained(step, [*a.events, *b.events])
 
 
 class WorkerCore:
@@ -76,6 +125,12 @@ class WorkerCore:
     Per partition it remembers the offset after the last record it was given;
     records below it (a replay after a restart) are skipped, so each record is
     applied exactly once.
+
+    One record's failure is that record's alone: any error decoding or validating it
+    is its dead letter, and a training step that raises is split in halves until the
+    events that fail it are found and dead-lettered (``processing_error``), while the
+    rest train. An event id enters the de-duplication window only once its step has
+    succeeded, so a redelivered copy of a failed event is judged again, not dropped.
     """
 
     def __init__(
@@ -83,8 +138,10 @@ class WorkerCore:
         trainer: OnlineTrainer,
         dedup: RecentIds | None = None,
         batcher: Batcher | None = None,
+        letter_bytes: int = LETTER_PAYLOAD_BYTES,
     ) -> None:
         self.trainer = trainer
+        self.letter_bytes = letter_bytes
         self.dedup = dedup if dedup is not None else RecentIds()
         # not `x or default`: a Batcher and RecentIds have __len__, so empty ones are falsy
         self.batcher = batcher if batcher is not None else Batcher(BATCH_SIZE, BATCH_MS)
@@ -117,23 +174,35 @@ class WorkerCore:
         out = BatchOutput()
         events: list[Interaction] = []
         produced: list[int] = []
+        sources: list[RawRecord] = []
+        in_batch: set[str] = set()
         for rec in records:
             try:
                 event = parse_event(rec.value, self.trainer.config.type_weights)
             except InvalidEvent as err:
-                out.dead_letters.append(rec.reject(err))
+                out.dead_letters.append(rec.reject(err, self.letter_bytes))
                 continue
-            if self.dedup.check_and_add(event.event_id):
+            if event.event_id in in_batch or event.event_id in self.dedup:
                 out.duplicates += 1
                 continue
+            in_batch.add(event.event_id)
             events.append(event)
             produced.append(rec.timestamp_ms)
+            sources.append(rec)
+        stats = self._train(events, sources, out)
+        if stats is None:
+            events, produced = [], []
+        else:
+            kept = {id(e) for e in stats.events}
+            produced = [ms for e, ms in zip(events, produced, strict=True) if id(e) in kept]
+            events = list(stats.events)
+        for event in events:
+            self.dedup.check_and_add(event.event_id)
             out.by_type[event.type] += 1
         out.accepted = len(events)
-        if not events:
+        if stats is None or not events:
             return out
         out.oldest_event_ms = min(produced)
-        stats = self.trainer.apply(events)
         out.unadmitted = stats.unadmitted
         if stats.positives + stats.skips:
             out.loss = stats.loss
@@ -151,12 +220,39 @@ class WorkerCore:
             if trainer.weight(event) > 0:
                 session.setdefault(event.user_id, []).append(event.item_id)
         users_of = lambda ids: trainer.user_vectors(ids, session)  # noqa: E731
-        out.users = _records(stats.users, first_ms_user, users_of, trainer, USERS)
+        out.users = _records(stats.step.users, first_ms_user, users_of, trainer, USERS)
         # aged: outside the batch, but their velocity level moved: published again
-        published = [*stats.items, *stats.aged]
-        out.aged = len(stats.aged)
+        published = [*stats.step.items, *stats.step.aged]
+        out.aged = len(stats.step.aged)
         out.items = _records(published, first_ms_item, trainer.item_vectors, trainer, ITEMS)
         return out
+
+    def _train(
+        self, events: list[Interaction], sources: list[RawRecord], out: BatchOutput
+    ) -> _Trained | None:
+        """One training step over ``events``; on an error, the halves in turn, down to the
+        single events that fail (dead-lettered). None: nothing trained."""
+        if not events:
+            return None
+        try:
+            return _Trained(self.trainer.apply(events), events)
+        except Exception as exc:  # noqa: BLE001 - a step's failure must not take the batch
+            out.failed_steps += 1
+            if len(events) == 1:
+                err = InvalidEvent("processing_error", f"{type(exc).__name__}: {exc}")
+                out.dead_letters.append(sources[0].reject(err, self.letter_bytes))
+                return None
+        mid = len(events) // 2
+        parts = [
+            self._train(events[:mid], sources[:mid], out),
+            self._train(events[mid:], sources[mid:], out),
+        ]
+        done = [p for p in parts if p is not None]
+        if not done:
+            return None
+        if len(done) == 1:
+            return done[0]
+        return _Trained.merge(done[0], done[1])
 
     def vectors(self, items: Sequence[str], users: Sequence[str]) -> BatchOutput:
         """Current served vectors of ``items`` and ``users`` (no event to time: event_ms 0)."""

@@ -34,6 +34,9 @@ class RecentIds:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._ids
+
     def check_and_add(self, key: str) -> bool:
         """True if ``key`` is in the window; otherwise remember it."""
         if key in self._ids:
@@ -50,6 +53,11 @@ class RecentIds:
         added, dropped = self._added, self._dropped
         self._added, self._dropped = [], []
         return added, dropped
+
+    def undrain(self, added: list[tuple[str, int]], dropped: list[str]) -> None:
+        """Put back a drain whose checkpoint failed: the next drain carries it again."""
+        self._added[:0] = added
+        self._dropped[:0] = dropped
 
     def restore(self, entries: Iterable[tuple[str, int]]) -> None:
         """Rebuild the window from (id, sequence) pairs read back from a checkpoint."""

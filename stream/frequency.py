@@ -77,6 +77,11 @@ class ItemFrequency:
         self._changed, self._gone = set(), set()
         return changed, gone, (self._total, self._scale)
 
+    def undrain(self, changed: Mapping[str, float], gone: Iterable[str]) -> None:
+        """Put back a drain whose checkpoint failed (before the counts change again)."""
+        self._changed.update(k for k in changed if k in self._counts)
+        self._gone.update(gone)
+
     def restore(self, counts: dict[str, float], total: float, scale: float) -> None:
         self._counts, self._total, self._scale = dict(counts), total, scale
         self._order = None

@@ -40,6 +40,9 @@ class WorkerMetrics:
     content_items: Counter
     content_seconds: Histogram
     consumer_lag: Gauge
+    checkpoint_failures: Counter
+    failed_steps: Counter
+    halted: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "streambed_worker") -> WorkerMetrics:
@@ -86,6 +89,15 @@ class WorkerMetrics:
                                "Records on the partition not yet processed by this worker "
                                "(high watermark minus position)", ["topic", "partition"],
                                registry=r),
+            checkpoint_failures=Counter(
+                f"{p}_checkpoint_failures",
+                "Checkpoints that failed (their changes are kept for the next try)", registry=r),
+            failed_steps=Counter(
+                f"{p}_failed_training_steps",
+                "Training steps that raised and were split to isolate the poison", registry=r),
+            halted=Gauge(f"{p}_halted",
+                         "1 when the worker stopped without checkpointing (an output it could "
+                         "not make durable); it restarts from its last checkpoint", registry=r),
         )  # fmt: skip
 
     def initialise(self, event_types: Iterable[str]) -> WorkerMetrics:

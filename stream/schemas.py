@@ -17,11 +17,15 @@ bad_type - type must be one of ['click', 'like', 'purchase', 'skip', 'view'], go
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "like", "purchase", "skip")
 
@@ -37,6 +41,15 @@ DEFAULT_TYPE_WEIGHTS: Mapping[str, float] = {
 
 MAX_ID_LEN = 256
 MAX_EVENT_BYTES = 16_384
+MAX_DEPTH = 16  # JSON nesting an event may have (an event is flat: 1)
+# ts is seconds since the epoch; above this (the year 2286) it is almost surely milliseconds
+MAX_TS = 1e10
+MAX_CONTENT_CHARS = 8_192  # an item's title, and all its tags together
+# a dead letter keeps at most this many bytes of the original record (its length and hash
+# always), so a letter always fits the producer's limit whatever the record was
+LETTER_PAYLOAD_BYTES = 4_096
+LETTER_MAX_BYTES = 64 * 1024  # hard cap on a whole letter (Kafka's default limit is 1 MiB)
+MAX_ERROR_CHARS = 300
 
 
 class InvalidEvent(ValueError):
@@ -93,25 +106,62 @@ def _id(raw: Mapping[str, Any], field: str, *, required: bool = True) -> str | N
         raise InvalidEvent(
             f"bad_{field}", f"{field} must be a string or integer, got {type(value).__name__}"
         )
+    if isinstance(value, int) and not -(10**MAX_ID_LEN) < value < 10**MAX_ID_LEN:
+        raise InvalidEvent(f"bad_{field}", f"{field} must have 1..{MAX_ID_LEN} characters")
     text = str(value)
     if not text or len(text) > MAX_ID_LEN:
         raise InvalidEvent(f"bad_{field}", f"{field} must have 1..{MAX_ID_LEN} characters")
+    _unicode(text, f"bad_{field}", field)
     return text
+
+
+def _unicode(text: str, reason: str, what: str) -> None:
+    """Refuse a string that cannot be written as UTF-8 (a JSON-escaped lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidEvent(
+            reason, f"{what} is not valid Unicode: {_short(text[err.start : err.end])} "
+            f"at character {err.start} (a lone surrogate cannot be encoded as UTF-8)"
+        ) from None
 
 
 def _number(raw: Mapping[str, Any], field: str) -> float | None:
     value = raw.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidEvent(f"bad_{field}", f"{field} must be a finite number, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEvent(
+            f"bad_{field}", f"{field} must be a number, got {type(value).__name__}"
+        )
+    try:
+        number = float(value)  # an integer literal of any length: OverflowError past 1e308
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidEvent(f"bad_{field}", f"{field} must be a finite number, got {_short(value)}")
+    return number
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A bounded repr for error messages (a record may hold anything, of any size)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**limit:
+        return f"an integer of ~{int(value.bit_length() * math.log10(2)) + 1} digits"
+    if isinstance(value, (dict, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def validate_event(
     raw: Any, event_types: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS
 ) -> Interaction:
-    """Turn a decoded JSON object into an :class:`Interaction`, or raise :class:`InvalidEvent`."""
+    """Turn a decoded JSON object into an :class:`Interaction`, or raise :class:`InvalidEvent`
+    (and nothing else)."""
+    return _guarded(lambda: _validate(raw, event_types))
+
+
+def _validate(raw: Any, event_types: Mapping[str, float]) -> Interaction:
     if not isinstance(raw, Mapping):
         raise InvalidEvent(
             "not_an_object", f"event must be a JSON object, got {type(raw).__name__}"
@@ -122,15 +172,19 @@ def validate_event(
     session_id = _id(raw, "session_id", required=False)
     kind = raw.get("type")
     if not isinstance(kind, str) or kind not in event_types:
-        raise InvalidEvent("bad_type", f"type must be one of {sorted(event_types)}, got {kind!r}")
+        raise InvalidEvent(
+            "bad_type", f"type must be one of {sorted(event_types)}, got {_short(kind)}"
+        )
     ts = _number(raw, "ts")
     if ts is None:
         raise InvalidEvent("missing_ts", "ts is required (seconds since the epoch)")
-    if ts < 0:
-        raise InvalidEvent("bad_ts", f"ts must be >= 0, got {ts}")
+    if not 0 <= ts <= MAX_TS:
+        raise InvalidEvent(
+            "bad_ts", f"ts must be seconds since the epoch within [0, {MAX_TS:.0e}], got {ts:.6g}"
+        )
     weight = _number(raw, "weight")
     if weight is not None and not 0.0 <= weight <= 100.0:
-        raise InvalidEvent("bad_weight", f"weight must be within [0, 100], got {weight}")
+        raise InvalidEvent("bad_weight", f"weight must be within [0, 100], got {weight:.6g}")
     assert event_id is not None and user_id is not None and item_id is not None
     return Interaction(event_id, user_id, item_id, kind, ts, session_id, weight)
 
@@ -138,26 +192,121 @@ def validate_event(
 def parse_event(
     payload: bytes | str | None, event_types: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS
 ) -> Interaction:
-    """Decode and validate one wire record."""
-    return validate_event(_decode(payload), event_types)
+    """Decode and validate one wire record. Raises :class:`InvalidEvent` and nothing else:
+    whatever else goes wrong with one record is that record's reason ``invalid``.
+
+    >>> parse_event(b'{"event_id":"e","user_id":"u","item_id":"i","type":"view","ts":1e999}')
+    Traceback (most recent call last):
+    ...
+    stream.schemas.InvalidEvent: ts must be a finite number, got inf
+    """
+    return _guarded(lambda: _validate(decode_json(payload), event_types))
 
 
-def _decode(payload: bytes | str | None) -> Any:
+def _guarded(step: Callable[[], T]) -> T:
+    try:
+        return step()
+    except InvalidEvent:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one record's failure is that record's alone
+        raise InvalidEvent("invalid", _clean(f"{type(exc).__name__}: {exc}")) from None
+
+
+def decode_json(
+    payload: bytes | str | None, limit: int = MAX_EVENT_BYTES, max_depth: int = MAX_DEPTH
+) -> Any:
+    """JSON of at most ``limit`` bytes and ``max_depth`` levels of nesting, or
+    :class:`InvalidEvent` (``empty``, ``too_large``, ``too_deep``, ``bad_json``).
+
+    >>> decode_json(b"[" * 40 + b"]" * 40)
+    Traceback (most recent call last):
+    ...
+    stream.schemas.InvalidEvent: JSON nested over 16 levels deep
+    """
     if payload is None:
         raise InvalidEvent("empty", "record has no value")
-    if len(payload) > MAX_EVENT_BYTES:
-        raise InvalidEvent("too_large", f"record is {len(payload)} bytes, limit {MAX_EVENT_BYTES}")
+    size = len(payload) if isinstance(payload, bytes) else len(payload.encode("utf-8", "replace"))
+    if size > limit:
+        raise InvalidEvent("too_large", f"record is {size} bytes, limit {limit}")
     try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise InvalidEvent("bad_json", f"not valid JSON: {err}") from None
+        value = json.loads(payload)
+    except RecursionError:  # CPython's decoder stops cleanly at the interpreter's limit
+        raise InvalidEvent("too_deep", f"JSON nested too deep, limit {max_depth}") from None
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InvalidEvent("bad_json", _clean(f"not valid JSON: {err}")) from None
+    if isinstance(payload, bytes):
+        brackets = payload.count(b"[") + payload.count(b"{")
+    else:
+        brackets = payload.count("[") + payload.count("{")
+    if brackets > max_depth:  # deep enough to check (a flat event has one)
+        _check_depth(value, max_depth)
+    return value
 
 
-def dead_letter(payload: bytes | str | None, err: InvalidEvent, **context: Any) -> bytes:
-    """The ``interactions.dlq`` record for a rejected payload: the reason and the original bytes."""
-    original = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
-    body = {"reason": err.reason, "error": str(err), "payload": original, **context}
-    return json.dumps(body, separators=(",", ":")).encode()
+def _check_depth(value: Any, max_depth: int) -> None:
+    """Walk the decoded value without recursion; too_deep past ``max_depth`` levels."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise InvalidEvent("too_deep", f"JSON nested over {max_depth} levels deep")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+
+
+def _clean(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """Bounded, UTF-8-safe text for an error message."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def dead_letter(
+    payload: bytes | str | None,
+    err: InvalidEvent,
+    max_payload: int = LETTER_PAYLOAD_BYTES,
+    **context: Any,
+) -> bytes:
+    """The ``interactions.dlq`` record for a rejected payload: reason, error, and the first
+    ``max_payload`` bytes of the original with its full length and SHA-256. The kept bytes are
+    UTF-8 text when they are valid UTF-8, else base64 (lossless, 4/3 the size, where JSON
+    escapes of raw bytes grew a letter ~6x). Always under ``LETTER_MAX_BYTES``.
+
+    >>> letter = json.loads(dead_letter(b"\\xff" * 10_000, InvalidEvent("bad_json", "no")))
+    >>> letter["payload_bytes"], letter["truncated"], letter["payload_encoding"]
+    (10000, True, 'base64')
+    >>> len(base64.b64decode(letter["payload"]))
+    4096
+    """
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8", "surrogatepass")
+    body: dict[str, Any] = {"reason": err.reason, "error": _clean(str(err))}
+    if payload is None:
+        body["payload"] = None
+    else:
+        kept = payload[: max(max_payload, 0)]
+        text, encoding = _as_text(kept, truncated=len(kept) < len(payload))
+        body.update(
+            payload=text, payload_encoding=encoding, payload_bytes=len(payload),
+            payload_sha256=hashlib.sha256(payload).hexdigest(),
+            truncated=len(kept) < len(payload),
+        )  # fmt: skip
+    body.update({k: v for k, v in context.items() if k not in body})
+    letter = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(letter) > LETTER_MAX_BYTES:  # a huge context or max_payload: keep the evidence only
+        body.update(payload=None, payload_encoding=None, truncated=True)
+        body = {k: (_clean(v) if isinstance(v, str) else v) for k, v in body.items()}
+        letter = json.dumps(body, separators=(",", ":")).encode()
+    return letter
+
+
+def _as_text(kept: bytes, truncated: bool) -> tuple[str, str]:
+    try:
+        return kept.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as err:
+        # a cut through a multi-byte character at the end is still text, one char shorter
+        if truncated and err.start >= len(kept) - 3 and err.reason == "unexpected end of data":
+            return kept[: err.start].decode("utf-8"), "utf-8"
+        return base64.b64encode(kept).decode("ascii"), "base64"
 
 
 def parse_item(
@@ -173,7 +322,13 @@ def parse_item(
         raise InvalidEvent("bad_item_id", "the item id key must be UTF-8") from None
     if len(item_id) > MAX_ID_LEN:
         raise InvalidEvent("bad_item_id", f"item id must have 1..{MAX_ID_LEN} characters")
-    raw = _decode(payload)
+    return _guarded(lambda: _item_content(item_id, payload))
+
+
+def _item_content(
+    item_id: str, payload: bytes | str | None
+) -> tuple[str, str, list[str], float | None]:
+    raw = decode_json(payload)
     if not isinstance(raw, Mapping):
         raise InvalidEvent("not_an_object", "an item must be a JSON object")
     title, tags = raw.get("title", ""), raw.get("tags", [])
@@ -181,6 +336,10 @@ def parse_item(
         raise InvalidEvent("bad_content", "title must be a string and tags a list")
     if not all(isinstance(t, str) for t in tags):
         raise InvalidEvent("bad_content", "tags must be strings")
+    if len(title) + sum(len(t) for t in tags) > MAX_CONTENT_CHARS:
+        raise InvalidEvent("bad_content", f"title and tags exceed {MAX_CONTENT_CHARS} characters")
+    for text in (title, *tags):
+        _unicode(text, "bad_content", "the title or a tag")
     if not title.strip() and not any(t.strip() for t in tags):
         raise InvalidEvent("missing_content", "an item needs a title or tags")
     return item_id, title, tags, _number(raw, "ts")

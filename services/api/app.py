@@ -8,7 +8,6 @@ token the replica was started with; without a token it is off.
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,6 +30,7 @@ from services.api.gateway import (
 from services.api.live import ASSETS, STATIC, LiveView
 from services.api.metrics import ServingMetrics
 from services.api.state import ServingState
+from stream.schemas import InvalidEvent, decode_json
 
 ID_PATTERN = r"^[^/]{1,256}$"  # ids are any 1..256 characters (stream.schemas); "/" routes
 MAX_EXCLUDE = 1000
@@ -256,16 +256,19 @@ def create_app(
             metrics.events_rejected.labels(reason="too_large").inc()
             return _error(413, f"body over the limit of {MAX_BODY_BYTES} bytes")
         try:
-            batch = check_batch(json.loads(body))
+            batch = check_batch(decode_json(body, limit=MAX_BODY_BYTES))
+        except InvalidEvent as err:  # the body itself: not JSON, nested too deep, too large
+            status = 413 if err.reason == "too_large" else 400
+            label = "too_large" if status == 413 else "bad_body"
+            metrics.events_rejected.labels(reason=label).inc()
+            return JSONResponse({"detail": str(err), "reason": err.reason, "rejected": []},
+                                status_code=status)  # fmt: skip
         except BatchRejected as err:
             for r in err.rejected:
                 metrics.events_rejected.labels(reason=r["reason"]).inc()
             if not err.rejected:  # the body's shape, not an event
                 metrics.events_rejected.labels(reason="bad_body").inc()
             return JSONResponse({"detail": str(err), "rejected": err.rejected}, status_code=400)
-        except ValueError as err:  # not JSON (UnicodeDecodeError is a ValueError too)
-            metrics.events_rejected.labels(reason="bad_body").inc()
-            return JSONResponse({"detail": f"not valid JSON: {err}", "rejected": []}, 400)
         try:
             await run_in_threadpool(sink.send, batch)
         except GatewayUnavailable as err:

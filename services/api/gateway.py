@@ -24,7 +24,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from stream.schemas import EVENT_TYPES, MAX_ID_LEN, Interaction, InvalidEvent, validate_event
+from kafka.errors import KafkaError
+
+from stream.schemas import (
+    EVENT_TYPES,
+    MAX_ID_LEN,
+    MAX_TS,
+    Interaction,
+    InvalidEvent,
+    validate_event,
+)
 
 if TYPE_CHECKING:
     from services.producer import EventProducer
@@ -46,7 +55,8 @@ EVENT_SCHEMA: dict[str, Any] = {
         "user_id": _ID,
         "item_id": _ID,
         "type": {"type": "string", "enum": list(EVENT_TYPES)},
-        "ts": {"type": "number", "minimum": 0, "description": "event time, unix seconds"},
+        "ts": {"type": "number", "minimum": 0, "maximum": MAX_TS,
+               "description": "event time, unix seconds"},
         "session_id": {"oneOf": [*_ID["oneOf"], {"type": "null"}]},
         "weight": {
             "oneOf": [{"type": "number", "minimum": 0, "maximum": 100}, {"type": "null"}]
@@ -129,7 +139,7 @@ class KafkaSink:
     def send(self, events: Sequence[Interaction]) -> None:
         try:
             self._producer.deliver(events, self._timeout)
-        except Exception as err:  # KafkaError, timeouts: the client should retry later
+        except (KafkaError, TimeoutError) as err:  # an outage: the client should retry later
             raise GatewayUnavailable(
                 f"the broker did not acknowledge the batch: {type(err).__name__}"
             ) from err

@@ -67,13 +67,22 @@ def test_vectors_published_decode_to_what_the_trainer_serves() -> None:
     assert item.updates == 1
 
 
-def test_a_failing_batch_goes_to_the_dlq_instead_of_crashing() -> None:
+def test_a_failure_outside_the_step_halts_instead_of_checkpointing() -> None:
+    import pytest
+
+    from stream.app import Settler, WorkerHalted
+    from stream.metrics import WorkerMetrics
+
     class Broken(WorkerCore):
         def process(self, records):  # type: ignore[no-untyped-def]
             raise RuntimeError("boom")
 
+    from prometheus_client import CollectorRegistry
+
     broken = Broken(OnlineTrainer.create(TrainConfig(dim=4)), RecentIds(10))
+    metrics = WorkerMetrics.create(CollectorRegistry())
+    settler = Settler(broken, None, "t", metrics, 1.0)
     records = [rec(Interaction("a", "u", "i", "click", 1.0)), RawRecord(b"x", 1)]
-    out = process_safely(broken, records)
-    assert [d.reason for d in out.dead_letters] == ["processing_error"] * 2
-    assert "boom" in json.loads(out.dead_letters[0].payload)["error"]
+    with pytest.raises(WorkerHalted, match="boom"):
+        process_safely(broken, records, settler)
+    assert settler.halted and "boom" in settler.halted
