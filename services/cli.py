@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stream.batching import BATCH_MS, BATCH_SIZE
+from stream.schemas import LETTER_PAYLOAD_BYTES
 
 if TYPE_CHECKING:
     from evaluation.run import RunConfig
@@ -69,7 +71,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import torch
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from stream.app import WorkerConfig, build_app
+    from stream.app import Settler, WorkerConfig, build_app
     from stream.batching import Batcher
     from stream.core import WorkerCore
     from stream.metrics import WorkerMetrics
@@ -101,8 +103,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     metrics = WorkerMetrics.create(registry).initialise(train.type_weights)
     ps = _worker_ps(args, train, registry)
     core = WorkerCore(
-        OnlineTrainer.create(train, ps), batcher=Batcher(args.batch_size, args.batch_ms)
+        OnlineTrainer.create(train, ps), batcher=Batcher(args.batch_size, args.batch_ms),
+        letter_bytes=args.dlq_payload_bytes,
     )
+    _prepare_topics(args, config.topics, "worker")
     boot = None
     if args.init_from:
         from stream.bootstrap import Bootstrapped, load_into
@@ -123,13 +127,54 @@ def cmd_worker(args: argparse.Namespace) -> int:
         encode = MiniLM().encode
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.host, registry=registry)
-    app = build_app(config, core, metrics, store, encode, initial)
+    settler = Settler(core, store, config.topics.interactions, metrics, config.checkpoint_seconds)
+    app = build_app(config, core, metrics, store, encode, initial, settler)
+    started = time.monotonic()
     try:
         faust.Worker(app, loglevel=args.log_level, quiet=True).execute_from_commandline()
+    except SystemExit:
+        if settler.halted is None:
+            raise
     finally:
         if store is not None:
             store.close()
-    return 0
+    if settler.halted is None:
+        return 0
+    return _after_halt(args, settler.halted, time.monotonic() - started)
+
+
+def _after_halt(args: argparse.Namespace, why: str, ran_s: float) -> int:
+    """A halted worker's last checkpoint is intact: start again from it (a new process,
+    after a backoff that grows while halts come quickly), or exit 75 with --exit-on-halt
+    for a supervisor to restart."""
+    if args.exit_on_halt:
+        print(f"worker: halted ({why}); the last checkpoint stands", file=sys.stderr)
+        return 75  # EX_TEMPFAIL
+    quick = int(os.environ.get("STREAMBED_WORKER_HALTS", "0")) if ran_s < 60 else 0
+    delay = min(2.0**quick, 30.0)
+    print(f"worker: halted ({why}); restarting from the last checkpoint in {delay:.0f} s",
+          file=sys.stderr)  # fmt: skip
+    time.sleep(delay)
+    os.environ["STREAMBED_WORKER_HALTS"] = str(quick + 1)
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    return 75  # not reached
+
+
+def _prepare_topics(args: argparse.Namespace, topics, who: str) -> None:  # type: ignore[no-untyped-def]
+    """Create the pipeline's missing topics, or exit with why the existing ones do not fit."""
+    from kafka.errors import KafkaError
+
+    from services.kafka.topics import TopicMismatch, prepare_topics
+
+    try:
+        created = prepare_topics(args.bootstrap, topics, timeout=args.broker_wait)
+    except TopicMismatch as err:
+        raise SystemExit(f"{who}: {err}") from None
+    except KafkaError as err:
+        raise SystemExit(f"{who}: no Kafka broker at {args.bootstrap} answered within "
+                         f"{args.broker_wait:.0f} s ({type(err).__name__})") from None  # fmt: skip
+    if created:
+        print(f"{who}: created topics {', '.join(created)}", file=sys.stderr)
 
 
 def _worker_ps(args: argparse.Namespace, train, registry):  # type: ignore[no-untyped-def]
@@ -314,6 +359,7 @@ def cmd_api(args: argparse.Namespace) -> int:
                          popular_window=args.popular_window,
                          calibrated=args.calibrated, velocity=args.velocity)  # fmt: skip
     registry.register(IndexCollector(lambda: state.index))
+    _prepare_topics(args, _topics(args), "api")
     save_dir: Path | None = Path(args.save_dir or f".streambed/api-{args.port}")
     if args.save_seconds <= 0:
         save_dir = None
@@ -370,8 +416,6 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    import time
-
     from tqdm import tqdm
 
     from services.datagen import GeneratorConfig, InteractionGenerator
@@ -665,6 +709,14 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
         help="RocksDB checkpoints live in STATE_DIR/APP_ID ('' : not durable)",
     )
     w.add_argument("--checkpoint-seconds", type=float, default=1.0)
+    w.add_argument("--dlq-payload-bytes", type=int, default=LETTER_PAYLOAD_BYTES,
+                   help="bytes of a rejected record kept in its dead letter (its length and "
+                        "SHA-256 always)")  # fmt: skip
+    w.add_argument("--broker-wait", type=float, default=60.0,
+                   help="seconds to wait for the broker at start")
+    w.add_argument("--exit-on-halt", action="store_true",
+                   help="when an output cannot be made durable, exit 75 instead of restarting "
+                        "from the last checkpoint (for a supervisor that restarts it)")  # fmt: skip
     w.add_argument(
         "--session-timeout",
         type=float,
@@ -715,6 +767,8 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
 
     a = sub.add_parser("api", help="run a retrieval API replica")
     kafka_args(a)
+    a.add_argument("--broker-wait", type=float, default=60.0,
+                   help="seconds to wait for the broker at start")
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8000)
     a.add_argument("--dim", type=int, default=32,

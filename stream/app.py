@@ -235,13 +235,16 @@ def build_app(
     store: RowStore | None = None,
     encode: Callable[[list[str]], np.ndarray] | None = None,
     initial: BatchOutput | None = None,
+    settler: Settler | None = None,
 ) -> faust.App:
     """The worker app. ``encode``: embed the ``items`` topic's content (None: ignore it).
-    ``initial``: vectors to publish once at start (a fresh bootstrap's)."""
+    ``initial``: vectors to publish once at start (a fresh bootstrap's). ``settler``: the
+    checkpointer (made here by default; pass one to learn afterwards whether it halted)."""
     app = faust.App(config.app_id, **config.faust_settings())
     topics = config.topics
     interactions = app.topic(topics.interactions, key_type=bytes, value_type=bytes)
-    settler = Settler(core, store, topics.interactions, metrics, config.checkpoint_seconds)
+    if settler is None:
+        settler = Settler(core, store, topics.interactions, metrics, config.checkpoint_seconds)
     lock = asyncio.Lock()  # the agent and the idle timer take turns with the core
     live = Live(delivered=time.monotonic())
     lag = PartitionLag(metrics.consumer_lag, lambda tp: app.consumer.highwater(tp))

@@ -37,8 +37,8 @@ def poison(tag: str = "p") -> list[tuple[str, bytes | None, str]]:
         ("not_utf8_small", b'{"event_id": "\xff\xfe"}', "bad_json"),
         # took their whole batch to the DLQ as processing_error
         ("ts_400_digits", raw(event_id=f"{tag}-ts").replace(b"1.5", huge.encode()), "bad_ts"),
-        ("weight_400_digits", raw(event_id=f"{tag}-w", weight=1).replace(b'"weight": 1',
-                                                                       b'"weight": ' + huge.encode()),
+        ("weight_400_digits",
+         raw(event_id=f"{tag}-w", weight=1).replace(b'"weight": 1', b'"weight": ' + huge.encode()),
          "bad_weight"),  # fmt: skip
         ("nested_brackets", b"[" * 5000 + b"]" * 5000, "too_deep"),
         ("nested_in_field", raw(event_id=f"{tag}-n").replace(b'"ts": 1.5', b'"ts": ' + b"[" * 3000

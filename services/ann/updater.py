@@ -117,8 +117,10 @@ class VectorTailer(threading.Thread):
         if source is not None:
             try:
                 saved = self.state.restore(source)
-            except (OSError, ValueError, KeyError) as err:
-                log.warning("not using the save in %s (%s)", source, err)
+            except Exception as err:  # noqa: BLE001 - any damage: rebuild from the topics
+                log.warning("not using the save in %s (%s); rebuilding from the topics",
+                            source, err)  # fmt: skip
+                self.state.reset()
                 self.metrics.restores.labels(result="rejected").inc()
         log_start = consumer.beginning_offsets(partitions)
         end = consumer.end_offsets(partitions)

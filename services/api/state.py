@@ -36,8 +36,10 @@ With ``popular_mix=m`` a user whose vector has ``n`` updates gets the share
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
+import logging
 import os
 import shutil
 import threading
@@ -56,6 +58,8 @@ from stream.similarity import blend_weight, interleave
 from stream.vectors import VectorRecord
 
 Offsets = dict[str, dict[int, int]]  # topic -> partition -> next offset to read
+
+log = logging.getLogger("streambed.api")
 
 
 class ServingState:
@@ -245,23 +249,46 @@ class ServingState:
                 "recent": recent,
                 "seen": None if self.seen is None else self.seen.to_json()}  # fmt: skip
         (tmp / "state.json").write_text(json.dumps(body))
+        write_manifest(tmp)  # last: a save without its manifest is incomplete
         tmp.rename(root / name)
         latest = root / ".LATEST.tmp"
         latest.write_text(name)
         os.replace(latest, root / "LATEST")
+        keep = {name, *sorted(p.name for p in root.glob("snapshot-*"))[-KEEP_SAVES:]}
         for old in [*root.glob("snapshot-*"), *root.glob(".snapshot-*.tmp")]:
-            if old.name != name:  # older snapshots, and any a failed save left half-written
+            if old.name not in keep:  # older snapshots, and any a failed save left half-written
                 shutil.rmtree(old, ignore_errors=True)
         return root / name
 
     def restore(self, root: Path) -> Offsets | None:
-        """Replace this state with the last snapshot under ``root``; returns the offsets it
-        reflects, or ``None`` if there is none. ``ValueError`` if it was written for
-        another dimension or space (then nothing here changed)."""
+        """Replace this state with the newest intact snapshot under ``root`` (``LATEST``
+        first, then the one kept before it); returns the offsets it reflects, or ``None`` if
+        there is none. A damaged snapshot (its checksums, or a file hnswlib or numpy cannot
+        read) is reported in one log line and skipped. ``ValueError`` if it was written for
+        another dimension or space, :class:`DamagedSave` if every snapshot is damaged
+        (then nothing here changed: the caller rebuilds from the topics)."""
         try:
-            directory = root / (root / "LATEST").read_text().strip()
+            latest = (root / "LATEST").read_text().strip()
         except FileNotFoundError:
             return None
+        names = [latest, *sorted((p.name for p in root.glob("snapshot-*")), reverse=True)]
+        damaged = []
+        for name in dict.fromkeys(names):
+            directory = root / name
+            try:
+                verify_manifest(directory)
+                return self._restore_from(directory)
+            except DamagedSave as err:
+                problem = str(err)
+            except ValueError:
+                raise  # another dimension or space: no older save will fit either
+            except Exception as err:  # noqa: BLE001 - hnswlib's RuntimeError, a bad npz, ...
+                problem = f"{directory}: unreadable ({type(err).__name__}: {err})"
+            log.warning("damaged replica save, skipped: %s", problem)
+            damaged.append(problem)
+        raise DamagedSave("; ".join(damaged))
+
+    def _restore_from(self, directory: Path) -> Offsets:
         index = AnnIndex.load(directory, self.dim, self.index.config)
         with np.load(directory / "users.npz", allow_pickle=False) as saved:
             ids, vectors = saved["ids"], saved["vectors"]
@@ -298,3 +325,41 @@ class ServingState:
                 self.seen = SeenItems(self.seen.per_user, self.seen.max_users)
             if self.recent is not None:
                 self.recent = RecentCounts(self.recent.window)
+
+
+KEEP_SAVES = 2  # snapshots kept: the latest, and one to fall back to if it is damaged
+MANIFEST = "MANIFEST.json"
+
+
+class DamagedSave(OSError):
+    """A replica save whose files do not match their checksums (or cannot be read)."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Record every file's size and SHA-256 in ``directory/MANIFEST.json``."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(directory.iterdir()) if p.name != MANIFEST}  # fmt: skip
+    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+
+
+def verify_manifest(directory: Path) -> None:
+    """:class:`DamagedSave` unless every file matches the manifest written with it."""
+    try:
+        files = json.loads((directory / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DamagedSave(f"{directory}: no readable manifest ({type(err).__name__})") from None
+    for name, want in files.items():
+        path = directory / name
+        size = path.stat().st_size if path.exists() else None
+        if size != want["bytes"]:
+            raise DamagedSave(f"{path}: {size} bytes, the save wrote {want['bytes']}")
+        if _sha256(path) != want["sha256"]:
+            raise DamagedSave(f"{path}: checksum differs from the one saved with it")

@@ -1,12 +1,20 @@
-"""Topic names and creation (kafka-python admin client)."""
+"""Topic names and creation (kafka-python admin client).
+
+The pipeline's topics are the system's, never the broker's defaults: a worker and a
+replica call :func:`prepare_topics` at start, which creates what is missing with the
+configured partitions and compaction and refuses, with one clear message, topics that
+exist with other settings (a broker's auto-created topic has its default partition
+count and no compaction: a replica rebuilt from it after retention would miss items).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import time
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stream.topics import Topics
 
@@ -34,6 +42,74 @@ def ensure_topics(bootstrap: str, topics: Topics) -> list[str]:
             # another process may win the race; the topics exist, which is all we need
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
+        return [t.name for t in missing]
+    finally:
+        admin.close()
+
+
+class TopicMismatch(RuntimeError):
+    """A pipeline topic exists with settings the pipeline cannot run on."""
+
+
+def topic_problems(admin: KafkaAdminClient, topics: Topics) -> list[str]:
+    """Why the existing topics do not match their specs (empty: they do)."""
+    specs = topic_specs(topics)
+    described = {t["name"]: t for t in admin.describe_topics([s.name for s in specs])}
+    compacted = [s.name for s in specs if s.topic_configs.get("cleanup.policy") == "compact"]
+    configs = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name) for name in compacted]
+    ).get("topic", {})
+    problems = []
+    for spec in specs:
+        found = described.get(spec.name)
+        if found is None or found.get("error_code"):
+            problems.append(f"{spec.name} does not exist")
+            continue
+        have = len(found.get("partitions") or [])
+        if spec.name != topics.dlq and have != spec.num_partitions:
+            problems.append(
+                f"{spec.name} has {have} partitions, the pipeline is configured for "
+                f"{spec.num_partitions} (--partitions)"
+            )
+        if spec.name in compacted:
+            policy = configs.get(spec.name, {}).get("cleanup.policy", {}).get("value") or "delete"
+            if "compact" not in policy:
+                problems.append(
+                    f"{spec.name} has cleanup.policy={policy}, it must be compacted (a replica "
+                    "rebuilt from it after retention would miss every unchanged key)"
+                )
+    return problems
+
+
+def prepare_topics(bootstrap: str, topics: Topics, timeout: float = 60.0) -> list[str]:
+    """Create the missing topics and check them all; the names created. Raises
+    :class:`TopicMismatch` for a topic with the wrong settings, and ``KafkaError`` when no
+    broker answers within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streambed-admin")
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in topic_specs(topics) if t.name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(missing)
+        for _ in range(50):  # a created topic's metadata takes a moment to reach every broker
+            problems = topic_problems(admin, topics)
+            if not any(p.endswith("does not exist") for p in problems):
+                break
+            time.sleep(0.1)
+        if problems:
+            raise TopicMismatch(
+                "; ".join(problems) + ". Delete or fix these topics, or start with the "
+                "settings they have."
+            )
         return [t.name for t in missing]
     finally:
         admin.close()

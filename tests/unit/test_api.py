@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from services.api.app import create_app
 from services.api.metrics import ServingMetrics
-from services.api.state import ServingState
+from services.api.state import DamagedSave, ServingState, write_manifest
 from stream.vectors import VectorRecord
 
 
@@ -63,10 +63,30 @@ def test_popular_mix_serves_a_new_user_part_popular_and_survives_a_save(tmp_path
     assert again.recommend("new", k=3) == state.recommend("new", k=3)
     directory = tmp_path / "s" / (tmp_path / "s" / "LATEST").read_text()
     np.savez(directory / "users.npz", ids=np.array(["new"]), vectors=np.array([[1.0, 0.1]]))
+    write_manifest(directory)  # as such an older save was, whole
     again.restore(tmp_path / "s")
     assert again.recommend("new", k=3)[0] == "personal"
     with pytest.raises(ValueError, match="popular_mix"):
         ServingState(dim=2, popular_mix=-1.0)
+
+
+def test_a_damaged_save_is_skipped_for_the_one_before_it(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    vec = lambda *x: np.array(x, dtype=np.float32)  # noqa: E731
+    state = ServingState(dim=2)
+    state.apply_items([VectorRecord("a", vec(1, 0), 3, 0)], now_ms=0)
+    first = state.save(tmp_path / "s", {"t": {0: 1}})
+    state.apply_items([VectorRecord("b", vec(0, 1), 7, 0)], now_ms=0)
+    second = state.save(tmp_path / "s", {"t": {0: 2}})
+    assert sorted(p.name for p in (tmp_path / "s").glob("snapshot-*")) == [first.name, second.name]
+    graph = second / "graph.bin"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])  # kill -9, then a cut
+    again = ServingState(dim=2)
+    assert again.restore(tmp_path / "s") == {"t": {0: 1}}  # the one before, intact
+    assert len(again.index) == 1
+    assert "damaged replica save" in caplog.text and "graph.bin" in caplog.text
+    (first / "MANIFEST.json").unlink()  # no manifest: not known to be whole
+    with pytest.raises(DamagedSave):
+        ServingState(dim=2).restore(tmp_path / "s")
 
 
 def test_popular_follows_the_recent_window_and_survives_a_save(tmp_path) -> None:  # type: ignore[no-untyped-def]
