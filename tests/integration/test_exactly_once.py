@@ -1,7 +1,9 @@
 """Exactly once, proved on a real broker: kill -9 the worker mid-stream, repeatedly.
 
-One worker is killed with SIGKILL at random moments three times (and restarted
-each time) while events arrive in two phases; a second worker consumes the same
+One worker is killed with SIGKILL five times (and restarted each time) while
+events arrive in two phases: three kills at random moments, two inside a
+checkpoint (a fault hook holds each checkpoint 0.4 s after the producer's flush,
+before the RocksDB commit, and marks a file when it does); a second worker consumes the same
 topic without interruption. When both have checkpointed the end of the topic,
 their RocksDB states must be bit-for-bit equal: every row, its optimizer state,
 update count and slot, the admission filters, the frequency estimate and the
@@ -12,6 +14,7 @@ take part, and the stream carries malformed records and duplicated event ids.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -73,6 +76,7 @@ class Worker:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_url = ""
+        self.env: dict[str, str] = {}
 
     def start(self) -> None:
         port = free_port()
@@ -81,6 +85,7 @@ class Worker:
             self.proc = subprocess.Popen(
                 [*self.args, "--metrics-port", str(port)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
             )  # fmt: skip
 
     def processed(self) -> float:
@@ -194,6 +199,9 @@ def test_kill_9_mid_stream_leaves_the_tables_of_an_uninterrupted_run(
     began = time.monotonic()
 
     crashed = Worker(kafka_bootstrap, prefix, f"crash-{tag}", tmp_path, tmp_path / "crash.log")
+    mark = tmp_path / "in-checkpoint"
+    crashed.env = {"STREAMBED_FAULT_CHECKPOINT_PAUSE_S": "0.4", "STREAMBED_FAULT_MARK": str(mark)}
+    inside = 0  # kills that landed inside a checkpoint
     redone = 0.0  # records a killed worker had processed past its last durable checkpoint
     try:
         with EventProducer(kafka_bootstrap, topics) as producer:
@@ -202,11 +210,22 @@ def test_kill_9_mid_stream_leaves_the_tables_of_an_uninterrupted_run(
             producer.flush()
             crashed.start()
             start = 0
-            for kill in range(3):
+            for kill in range(5):
                 crashed.wait_checkpointed(start + 1, timeout=120)  # durable progress first
-                time.sleep(rng.uniform(0.0, 1.0))  # then a random moment between checkpoints
-                processed = crashed.processed()  # a lower bound: scraped just before the kill
-                crashed.kill9()
+                processed = crashed.processed()  # a lower bound: scraped before the kill
+                if kill in (1, 3):  # inside the next checkpoint, before it commits
+                    mark.unlink(missing_ok=True)
+                    deadline = time.monotonic() + 30
+                    while not mark.exists():
+                        assert time.monotonic() < deadline, "no checkpoint began"
+                        time.sleep(0.01)
+                    time.sleep(rng.uniform(0.0, 0.2))
+                    before = crashed.checkpointed()
+                    crashed.kill9()
+                    inside += crashed.checkpointed() == before  # it never committed
+                else:
+                    time.sleep(rng.uniform(0.0, 1.0))  # a random moment between checkpoints
+                    crashed.kill9()
                 durable = crashed.checkpointed()
                 redone += start + processed - durable
                 start = durable
@@ -243,11 +262,12 @@ def test_kill_9_mid_stream_leaves_the_tables_of_an_uninterrupted_run(
     assert evicted and not evicted & set(items["strings"])  # type: ignore[index]
     # the kills landed mid-stream: work past a checkpoint was lost and done again, not twice
     assert redone > 0, "no kill landed between checkpoints; the test proved nothing"
+    assert inside == 2, "a kill meant for inside a checkpoint missed it"
     n_users, n_items = len(users["keys"]), len(items["keys"])  # type: ignore[index]
     steady_seconds = time.monotonic() - began - crash_seconds
     print(
-        f"{len(records)} records; {redone:.0f} processed past a checkpoint before a kill and "
-        f"redone; killed run {crash_seconds:.0f} s, steady run {steady_seconds:.0f} s; "
+        f"{len(records)} records; 5 kills ({inside} inside a checkpoint); {redone:.0f} "
+        f"processed past a checkpoint before a kill and redone; killed run {crash_seconds:.0f} s, steady run {steady_seconds:.0f} s; "
         f"rows users={n_users} items={n_items}"
     )
 
