@@ -164,6 +164,11 @@ class LocalPipeline:
                     f"{name} exited with {proc.returncode}; see {self.log_path(name)}"
                 )
 
+    def pid(self, name: str) -> int | None:
+        """The process id of one of the pipeline's processes (None: not running)."""
+        proc = self._procs.get(name)
+        return None if proc is None or proc.poll() is not None else proc.pid
+
     def alive(self, name: str) -> bool:
         proc = self._procs.get(name)
         return proc is not None and proc.poll() is None

@@ -30,7 +30,7 @@ from stream.checkpoint import SEEN_ROW
 from stream.topics import Topics
 from stream.vectors import VectorRecord
 from tests.integration.test_exactly_once import Worker, durable_state, stream_records
-from tests.poison import poison
+from services.poison import poison
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from stream.schemas import (
     parse_event,
 )
 from stream.training import OnlineTrainer, TrainConfig
-from tests.poison import poison, raw
+from services.poison import poison, raw
 
 CFG = TrainConfig(dim=4, negatives=2)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -285,3 +285,77 @@ def test_fuzz_the_gateway_never_answers_5xx(gateway, events: list[bytes]) -> Non
 @given(st.binary(max_size=400))
 def test_fuzz_raw_bodies_into_the_gateway(gateway, body: bytes) -> None:  # type: ignore[no-untyped-def]
     assert post(gateway, body).status_code in (202, 400, 413)
+
+
+# -- the settler: the durable offset never passes work that is not durable --------------------
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.flushed = 0
+
+    async def flush(self) -> None:
+        self.flushed += 1
+
+
+class FakeApp:
+    def __init__(self) -> None:
+        self.producer = FakeProducer()
+
+
+def settler_for(core: WorkerCore, store: MemoryStore):  # type: ignore[no-untyped-def]
+    from prometheus_client import CollectorRegistry
+
+    from stream.app import Settler
+    from stream.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics.create(CollectorRegistry())
+    return Settler(core, store, "t", metrics, interval=0.0), metrics
+
+
+def test_a_failed_send_halts_the_settler_before_any_commit() -> None:
+    import asyncio
+
+    from stream.app import WorkerHalted
+
+    async def scenario() -> None:
+        core, store = WorkerCore(OnlineTrainer.create(CFG)), MemoryStore()
+        settler, metrics = settler_for(core, store)
+        core.process(records([good(0), good(1)]))
+        assert await settler.checkpoint(FakeApp()) == {0: 2}  # nothing sent: fine
+        core.process(records([good(2)], start=2))
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lost.set_exception(OSError("MessageSizeTooLargeError"))
+        settler.sent.append(lost)
+        with pytest.raises(WorkerHalted, match="MessageSizeTooLarge"):
+            await settler.checkpoint(FakeApp())
+        assert restore(WorkerCore(OnlineTrainer.create(CFG)), store, "t") == {0: 2}
+        with pytest.raises(WorkerHalted):  # and every later one, the shutdown's included
+            await settler.checkpoint(FakeApp())
+        assert metrics.halted._value.get() == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_store_is_retried_then_halts() -> None:
+    import asyncio
+
+    from stream.app import Settler, WorkerHalted
+
+    async def scenario() -> None:
+        core, store = WorkerCore(OnlineTrainer.create(CFG)), FlakyStore(fail=10)
+        settler, metrics = settler_for(core, store)
+        core.process(records([good(0)]))
+        for _ in range(Settler.MAX_FAILURES - 1):
+            assert await settler.checkpoint(FakeApp()) is None  # kept for the next try
+        store.fail = 0
+        assert await settler.checkpoint(FakeApp()) == {0: 1}  # the next try has it all
+        assert restore(WorkerCore(OnlineTrainer.create(CFG)), store, "t") == {0: 1}
+        assert metrics.checkpoint_failures._value.get() == Settler.MAX_FAILURES - 1
+        store.fail = 10
+        for _ in range(Settler.MAX_FAILURES - 1):
+            await settler.checkpoint(FakeApp())
+        with pytest.raises(WorkerHalted, match="in a row"):
+            await settler.checkpoint(FakeApp())
+
+    asyncio.run(scenario())

@@ -1,5 +1,5 @@
 """Hostile records of every class the worker and the gateway have met, each with the reason
-it must be dead-lettered (or refused) with. Shared by the unit, fuzz and broker tests.
+it must be dead-lettered (or refused) with: for load tests (``bench.burst``) and the tests.
 
 Each entry is (name, raw record value, expected reason). The ones marked in the comments
 once crashed a worker or lost a batch (see docs/reliability.md).
