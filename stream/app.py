@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -29,6 +29,7 @@ import numpy as np
 from prometheus_client import Gauge
 
 from paramserver.stores import RowStore
+from stream import faults
 from stream.batching import BATCH_MS, BATCH_SIZE
 from stream.checkpoint import commit_checkpoint
 from stream.core import BatchOutput, RawRecord, WorkerCore
@@ -110,6 +111,7 @@ class Settler:
         self.unacked: list[faust.EventT] = []
         self.sent: list[Any] = []  # delivery futures of the sends since the last checkpoint
         self.halted: str | None = None  # why this process may no longer checkpoint
+        self.on_halt: Callable[[], None] | None = None  # stops the process (set by the app)
         self.failures = 0
         self._last = clock()
 
@@ -122,6 +124,8 @@ class Settler:
             self.halted = why
             self.metrics.halted.set(1)
             log.error("worker halted, no further checkpoint: %s", why)
+            if self.on_halt is not None:
+                self.on_halt()
         return WorkerHalted(why)
 
     def undelivered(self) -> str | None:
@@ -147,7 +151,7 @@ class Settler:
             if problem is not None:
                 raise self.halt(problem)
             try:
-                pause_for_faults()
+                faults.checkpoint_pause()
                 writes = commit_checkpoint(self.core, self.store, self.topic)
             except Exception as exc:  # noqa: BLE001 - kept for the next try, then halted
                 self.failures += 1
@@ -178,19 +182,6 @@ class Settler:
             else:
                 keep.append(event)
         self.unacked = keep
-
-
-def pause_for_faults() -> None:
-    """Fault injection for the crash tests: with ``STREAMBED_FAULT_CHECKPOINT_PAUSE_S`` set,
-    each checkpoint sleeps that long (blocking, as a slow disk would) just before it drains
-    and commits, and ``STREAMBED_FAULT_MARK`` names a file touched first, so a test can
-    kill -9 the worker inside a checkpoint."""
-    pause = float(os.environ.get("STREAMBED_FAULT_CHECKPOINT_PAUSE_S") or 0)
-    if pause > 0:
-        mark = os.environ.get("STREAMBED_FAULT_MARK")
-        if mark:
-            Path(mark).touch()
-        time.sleep(pause)
 
 
 class PartitionLag:
@@ -245,6 +236,10 @@ def build_app(
     interactions = app.topic(topics.interactions, key_type=bytes, value_type=bytes)
     if settler is None:
         settler = Settler(core, store, topics.interactions, metrics, config.checkpoint_seconds)
+    # a crashed agent leaves faust running without it: stop the whole worker (SIGTERM: a
+    # graceful stop, whose shutdown checkpoint the halt refuses)
+    settler.on_halt = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    send_fault = faults.SendFault()
     lock = asyncio.Lock()  # the agent and the idle timer take turns with the core
     live = Live(delivered=time.monotonic())
     lag = PartitionLag(metrics.consumer_lag, lambda tp: app.consumer.highwater(tp))
@@ -256,6 +251,7 @@ def build_app(
 
         async def send(topic: str, key: bytes | None, value: bytes | None) -> None:
             try:
+                send_fault.check()
                 sent.append(await producer.send(topic, key, value, None, None, None))
             except Exception as exc:
                 raise settler.halt(

@@ -267,7 +267,8 @@ def test_kill_9_mid_stream_leaves_the_tables_of_an_uninterrupted_run(
     steady_seconds = time.monotonic() - began - crash_seconds
     print(
         f"{len(records)} records; 5 kills ({inside} inside a checkpoint); {redone:.0f} "
-        f"processed past a checkpoint before a kill and redone; killed run {crash_seconds:.0f} s, steady run {steady_seconds:.0f} s; "
+        f"processed past a checkpoint before a kill and redone; killed run {crash_seconds:.0f} "
+        f"s, steady run {steady_seconds:.0f} s; "
         f"rows users={n_users} items={n_items}"
     )
 

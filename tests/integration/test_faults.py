@@ -25,12 +25,12 @@ from kafka.admin import NewTopic
 from services.kafka.broker import BrokerConfig, BrokerError, LocalBroker, free_port
 from services.kafka.topics import TopicMismatch, prepare_topics
 from services.local import metric_sum
+from services.poison import poison
 from services.producer import EventProducer
 from stream.checkpoint import SEEN_ROW
 from stream.topics import Topics
 from stream.vectors import VectorRecord
 from tests.integration.test_exactly_once import Worker, durable_state, stream_records
-from services.poison import poison
 
 pytestmark = pytest.mark.integration
 
@@ -194,6 +194,41 @@ def test_the_broker_gone_for_20_s_mid_stream(own_broker: LocalBroker, tmp_path: 
     halts = crashed.log.read_text().count("restarting from the last checkpoint")
     print(f"outage at checkpoint {stopped_at} of {len(records)}; worker halted and restarted "
           f"{halts} times; tables identical to the steady run")  # fmt: skip
+
+
+def test_a_refused_send_halts_and_the_worker_recovers(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A send the producer refuses (the report's letter over the size limit, injected here)
+    halts the worker: no checkpoint past it, the shutdown's included; the process starts
+    again from its last checkpoint by itself and ends with the tables of a steady run."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"f{tag}-"
+    topics = Topics.with_prefix(prefix, partitions=1)
+    prepare_topics(kafka_bootstrap, topics)
+    records = stream_records(8_000)
+    with EventProducer(kafka_bootstrap, topics) as producer:
+        for payload in records:
+            producer.send_raw(payload)
+    halted = Worker(kafka_bootstrap, prefix, f"halt-{tag}", tmp_path, tmp_path / "halt.log")
+    halted.env = {"STREAMBED_FAULT_FAIL_SEND_AT": "1500"}
+    try:
+        halted.start()
+        halted.wait_checkpointed(len(records), timeout=240)  # the same pid: it re-executed
+    finally:
+        halted.stop()
+    log = halted.log.read_text()
+    assert "worker halted, no further checkpoint: could not send" in log, log[-3000:]
+    assert "restarting from the last checkpoint" in log and "no final checkpoint" in log
+    steady = Worker(kafka_bootstrap, prefix, f"steady-{tag}", tmp_path, tmp_path / "steady.log")
+    try:
+        steady.start()
+        steady.wait_checkpointed(len(records), timeout=240)
+    finally:
+        steady.stop()
+    a, b = durable_state(halted.db), durable_state(steady.db)
+    for key in a:
+        assert a[key] == b[key], f"{key} differs after the halt and restart"
 
 
 def test_a_replica_with_a_cut_save_rebuilds(kafka_bootstrap: str, tmp_path: Path) -> None:

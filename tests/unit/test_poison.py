@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from paramserver.stores import WriteSet
 from paramserver.stores.memory import MemoryStore
+from services.poison import poison, raw
 from stream.checkpoint import commit_checkpoint, restore
 from stream.core import RawRecord, WorkerCore
 from stream.schemas import (
@@ -28,7 +29,6 @@ from stream.schemas import (
     parse_event,
 )
 from stream.training import OnlineTrainer, TrainConfig
-from services.poison import poison, raw
 
 CFG = TrainConfig(dim=4, negatives=2)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
