@@ -229,7 +229,8 @@ class VectorTailer(threading.Thread):
         pairs, positives, kinds = [], [], Counter[str]()
         for rec in records:
             try:
-                event = parse_event(rec.value)
+                # judged as the worker judges it: against the record's own time
+                event = parse_event(rec.value, produced_s=rec.timestamp / 1000)
             except InvalidEvent:  # the worker dead-letters it; here it is simply not seen
                 continue
             pairs.append((event.user_id, event.item_id))

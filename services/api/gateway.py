@@ -28,6 +28,7 @@ from kafka.errors import KafkaError
 
 from stream.schemas import (
     EVENT_TYPES,
+    MAX_AHEAD_S,
     MAX_ID_LEN,
     MAX_TS,
     Interaction,
@@ -41,46 +42,62 @@ if TYPE_CHECKING:
 MAX_BATCH = 1000
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
+# an id: 1..256 characters, no control characters (lone surrogates are refused too, which
+# JSON Schema cannot say: a string is Unicode by definition there)
 _ID = {
     "oneOf": [
-        {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN},
+        {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN,
+         "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"},
         {"type": "integer"},
     ]
-}
-EVENT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["event_id", "user_id", "item_id", "type", "ts"],
-    "properties": {
-        "event_id": _ID,
-        "user_id": _ID,
-        "item_id": _ID,
-        "type": {"type": "string", "enum": list(EVENT_TYPES)},
-        "ts": {"type": "number", "minimum": 0, "maximum": MAX_TS,
-               "description": "event time, unix seconds"},
-        "session_id": {"oneOf": [*_ID["oneOf"], {"type": "null"}]},
-        "weight": {
-            "oneOf": [{"type": "number", "minimum": 0, "maximum": 100}, {"type": "null"}]
-        },  # fmt: skip
-    },
-}
-BATCH_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["events"],
-    "properties": {
-        "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": EVENT_SCHEMA}
-    },
-    "example": {
-        "events": [
-            {
-                "event_id": "e1",
-                "user_id": "u1",
-                "item_id": "i9",
-                "type": "click",
-                "ts": 1700000000.5,
-            }
-        ]
-    },  # fmt: skip
-}
+}  # fmt: skip
+
+
+def event_schema(now: float) -> dict[str, Any]:
+    """One event's JSON Schema; ``ts`` at most ``MAX_AHEAD_S`` ahead of ``now``."""
+    latest = min(MAX_TS, now + MAX_AHEAD_S)
+    return {
+        "type": "object",
+        "required": ["event_id", "user_id", "item_id", "type", "ts"],
+        "properties": {
+            "event_id": _ID,
+            "user_id": _ID,
+            "item_id": _ID,
+            "type": {"type": "string", "enum": list(EVENT_TYPES)},
+            "ts": {"type": "number", "minimum": 0, "maximum": latest,
+                   "description": "event time, unix seconds; at most a day ahead of the "
+                                  "gateway's clock"},
+            "session_id": {"oneOf": [*_ID["oneOf"], {"type": "null"}]},
+            "weight": {
+                "oneOf": [{"type": "number", "minimum": 0, "maximum": 100}, {"type": "null"}]
+            },
+        },
+    }  # fmt: skip
+
+
+def batch_schema(now: float) -> dict[str, Any]:
+    """The ``POST /events`` body's JSON Schema, written from the validator's constants (the
+    latest ``ts`` it accepts is a day past ``now``: the app's start, so never later than
+    the bound a request meets)."""
+    return {
+        "type": "object",
+        "required": ["events"],
+        "properties": {
+            "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                       "items": event_schema(now)}
+        },
+        "example": {
+            "events": [
+                {
+                    "event_id": "e1",
+                    "user_id": "u1",
+                    "item_id": "i9",
+                    "type": "click",
+                    "ts": 1700000000.5,
+                }
+            ]
+        },
+    }  # fmt: skip
 
 
 class BatchRejected(ValueError):
@@ -111,8 +128,9 @@ class MemorySink:
         self.events.extend(events)
 
 
-def check_batch(body: Any) -> list[Interaction]:
-    """The events of a ``POST /events`` body, or :class:`BatchRejected` with every reason."""
+def check_batch(body: Any, now: float | None = None) -> list[Interaction]:
+    """The events of a ``POST /events`` body, or :class:`BatchRejected` with every reason.
+    ``now``: the gateway's clock, which no event's ``ts`` may run a day ahead of."""
     if not isinstance(body, dict) or not isinstance(body.get("events"), list):
         raise BatchRejected('the body must be a JSON object {"events": [...]}', [])
     raw = body["events"]
@@ -121,7 +139,7 @@ def check_batch(body: Any) -> list[Interaction]:
     events, rejected = [], []
     for index, item in enumerate(raw):
         try:
-            events.append(validate_event(item))
+            events.append(validate_event(item, produced_s=now))
         except InvalidEvent as err:
             rejected.append({"index": index, "reason": err.reason, "error": str(err)})
     if rejected:
