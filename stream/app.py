@@ -16,11 +16,12 @@ restart, so after a crash each record is applied exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,9 @@ class Settler:
         self.interval = interval if store is not None else 0.0
         self.clock = clock
         self.unacked: list[faust.EventT] = []
+        # ``items`` records applied since the last checkpoint, with their stream: acked
+        # once a checkpoint holds their content rows (redone after a crash: idempotent)
+        self.content: list[tuple[faust.StreamT, faust.EventT]] = []
         self.sent: list[Any] = []  # delivery futures of the sends since the last checkpoint
         self.halted: str | None = None  # why this process may no longer checkpoint
         self.on_halt: Callable[[], None] | None = None  # stops the process (set by the app)
@@ -169,11 +173,20 @@ class Settler:
         self._last = self.clock()
         return offsets
 
+    def pending(self) -> bool:
+        """Whether records wait for a checkpoint to be acked."""
+        return bool(self.unacked or self.content)
+
     async def settle(self, stream: faust.StreamT, app: faust.App) -> None:
         """Checkpoint, then ack to faust the records the checkpoint covers."""
+        # taken before the checkpoint: every one of them is applied (the lock is held)
+        content, self.content = self.content, []
         offsets = await self.checkpoint(app)
         if offsets is None:
+            self.content = content + self.content
             return
+        for source, event in content:
+            await source.ack(event)
         keep = []
         for event in self.unacked:
             message = event.message
@@ -281,27 +294,28 @@ def build_app(
         live.stream = stream
         # noack_take is faust-streaming's (0.11+), missing from its StreamT protocol
         take = stream.noack_take  # type: ignore[attr-defined]
-        async for events in take(config.batch_size, within=config.batch_ms / 1000):
-            records = [
-                RawRecord(
-                    value=e.value,
-                    timestamp_ms=int(e.message.timestamp * 1000),
-                    partition=e.message.partition,
-                    offset=e.message.offset,
-                )
-                for e in events
-            ]
-            async with lock:
-                live.delivered = time.monotonic()
-                batches, replayed = core.accept(records)
-                if replayed:
-                    metrics.replayed.inc(replayed)
-                settler.unacked.extend(events)
-                await run(batches)
-                lag.processed(events)
-                if settler.due():
-                    await settler.settle(stream, app)
-                live.delivered = time.monotonic()  # idle is counted from here
+        with halting(settler, "the interactions agent"):
+            async for events in take(config.batch_size, within=config.batch_ms / 1000):
+                records = [
+                    RawRecord(
+                        value=e.value,
+                        timestamp_ms=int(e.message.timestamp * 1000),
+                        partition=e.message.partition,
+                        offset=e.message.offset,
+                    )
+                    for e in events
+                ]
+                async with lock:
+                    live.delivered = time.monotonic()
+                    batches, replayed = core.accept(records)
+                    if replayed:
+                        metrics.replayed.inc(replayed)
+                    settler.unacked.extend(events)
+                    await run(batches)
+                    lag.processed(events)
+                    if settler.due():
+                        await settler.settle(stream, app)
+                    live.delivered = time.monotonic()  # idle is counted from here
 
     if initial is not None:
 
@@ -315,41 +329,47 @@ def build_app(
 
         @app.agent(items_topic)
         async def content(stream: faust.StreamT) -> None:  # pragma: no cover - via Kafka
-            # content rows are checkpointed with the tables; an item record redone after a
-            # crash rewrites the same row, so plain at-least-once acks are enough here
-            take = stream.take_events  # type: ignore[attr-defined]  # not in StreamT
-            async for events in take(64, within=0.05):
-                records = [
-                    RawRecord(value=e.value, key=e.key, partition=e.message.partition,
-                              timestamp_ms=int(e.message.timestamp * 1000),
-                              offset=e.message.offset)
-                    for e in events
-                ]  # fmt: skip
-                async with lock:
-                    started = time.perf_counter()
-                    try:
+            # content rows are checkpointed with the tables, so an items record is acked
+            # only once a checkpoint holds its row (faust's take_events would ack it at once,
+            # and a crash before the checkpoint would lose the row for good); one redone
+            # after a crash rewrites the same row
+            take = stream.noack_take  # type: ignore[attr-defined]  # not in StreamT
+            with halting(settler, "the items agent"):
+                async for events in take(64, within=0.05):
+                    records = [
+                        RawRecord(value=e.value, key=e.key, partition=e.message.partition,
+                                  timestamp_ms=int(e.message.timestamp * 1000),
+                                  offset=e.message.offset)
+                        for e in events
+                    ]  # fmt: skip
+                    async with lock:
+                        started = time.perf_counter()
                         out = core.add_items(records, encode)
-                    except Exception as exc:
-                        raise settler.halt(f"embedding items failed: {exc!r}") from exc
-                    await publish(out)
-                    metrics.content_items.inc(out.accepted)
-                    metrics.content_seconds.observe(time.perf_counter() - started)
-                    for letter in out.dead_letters:
-                        metrics.dead_letters.labels(reason=letter.reason).inc()
+                        await publish(out)
+                        settler.content.extend((stream, e) for e in events)
+                        metrics.content_items.inc(out.accepted)
+                        metrics.content_seconds.observe(time.perf_counter() - started)
+                        for letter in out.dead_letters:
+                            metrics.dead_letters.labels(reason=letter.reason).inc()
+                        if out.failed_steps:
+                            metrics.failed_steps.inc(out.failed_steps)
 
     @app.timer(interval=max(config.idle_grace_ms / 4000, 0.02))
     async def idle() -> None:  # pragma: no cover - exercised via Kafka
         stream = live.stream
         if stream is None:
             return
+        if settler.halted is not None:
+            return
         async with lock:
-            quiet = time.monotonic() - live.delivered >= config.idle_grace_ms / 1000
-            if quiet:  # no records delivered: the watermarks may still have moved
-                lag.refresh()
-            if quiet:
-                await run(core.batcher.flush_idle(int(time.time() * 1000), config.idle_grace_ms))
-            if settler.unacked and (quiet or settler.due()):
-                await settler.settle(stream, app)
+            with halting(settler, "the idle timer"):
+                quiet = time.monotonic() - live.delivered >= config.idle_grace_ms / 1000
+                if quiet:  # no records delivered: the watermarks may still have moved
+                    lag.refresh()
+                    now_ms = int(time.time() * 1000)
+                    await run(core.batcher.flush_idle(now_ms, config.idle_grace_ms))
+                if settler.pending() and (quiet or settler.due()):
+                    await settler.settle(stream, app)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode's signal stubs are narrow
     async def final_checkpoint(sender: faust.App, *_: Any, **__: Any) -> None:  # pragma: no cover
@@ -369,6 +389,20 @@ def build_app(
         log.info("final checkpoint at %s", offsets)
 
     return app
+
+
+@contextlib.contextmanager
+def halting(settler: Settler, what: str) -> Iterator[None]:
+    """Any error escaping ``what`` halts the worker: faust would log an agent's crash and
+    run on without it, while the idle timer went on checkpointing offsets past records
+    the dead agent had taken but not applied."""
+    try:
+        yield
+    except WorkerHalted:
+        raise
+    except Exception as exc:
+        log.exception("%s failed", what)
+        raise settler.halt(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def process_safely(core: WorkerCore, records: list[RawRecord], settler: Settler) -> BatchOutput:

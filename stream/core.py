@@ -49,6 +49,11 @@ class RawRecord:
     offset: int = -1
     key: bytes | None = None
 
+    @property
+    def produced_s(self) -> float | None:
+        """The record's own time in seconds, where it has one."""
+        return self.timestamp_ms / 1000 if self.timestamp_ms > 0 else None
+
     def reject(self, err: InvalidEvent, max_payload: int = LETTER_PAYLOAD_BYTES) -> DeadLetter:
         """The dead letter for this record: reason, the original bytes (bounded) and where it
         came from."""
@@ -178,7 +183,7 @@ class WorkerCore:
         in_batch: set[str] = set()
         for rec in records:
             try:
-                event = parse_event(rec.value, self.trainer.config.type_weights)
+                event = parse_event(rec.value, self.trainer.config.type_weights, rec.produced_s)
             except InvalidEvent as err:
                 out.dead_letters.append(rec.reject(err, self.letter_bytes))
                 continue
@@ -267,29 +272,63 @@ class WorkerCore:
         """Content from the ``items`` topic: embed, store, and serve each item at once.
 
         Not de-duplicated or offset-tracked: the content row is a pure function of the
-        record, so applying one twice changes nothing.
+        record, so applying one twice changes nothing. A record whose text the encoder
+        fails on (or embeds as NaN) is that record's dead letter, not its batch's.
         """
         out = BatchOutput()
-        latest: dict[str, tuple[str, int, float]] = {}
+        latest: dict[str, tuple[str, int, float, RawRecord]] = {}
         for rec in records:
             try:
                 item_id, title, tags, ts = parse_item(rec.key, rec.value)
             except InvalidEvent as err:
-                out.dead_letters.append(rec.reject(err))
+                out.dead_letters.append(rec.reject(err, self.letter_bytes))
                 continue
             # rows are stamped in event time (as interactions stamp them, for expiry);
             # without a ts, the record's produce time stands in
             when = rec.timestamp_ms / 1000 if ts is None else ts
-            latest[item_id] = (item_text(title, tags), rec.timestamp_ms, when)
+            latest[item_id] = (item_text(title, tags), rec.timestamp_ms, when, rec)
+        vectors = self._embed(latest, encode, out)
         if not latest:
             return out
         ids = list(latest)
         ms = {i: latest[i][1] for i in ids}
         now = max(latest[i][2] for i in ids)
-        self.trainer.add_content(ids, encode([latest[i][0] for i in ids]), now=now)
+        self.trainer.add_content(ids, vectors, now=now)
         out.accepted = len(ids)
         out.items = _records(ids, ms, self.trainer.item_vectors, self.trainer, ITEMS)
         return out
+
+    def _embed(
+        self,
+        latest: dict[str, tuple[str, int, float, RawRecord]],
+        encode: Callable[[list[str]], np.ndarray],
+        out: BatchOutput,
+    ) -> np.ndarray:
+        """The content embeddings of ``latest`` in its order; on an encoder error (or a
+        non-finite vector) each text alone, dropping from ``latest`` and dead-lettering
+        (``processing_error``) the ones that fail."""
+        if not latest:
+            return np.zeros((0, 0), np.float32)
+        try:
+            vectors = np.asarray(encode([v[0] for v in latest.values()]), np.float32)
+            if vectors.shape[0] == len(latest) and np.isfinite(vectors).all():
+                return vectors
+        except Exception:  # noqa: BLE001 - one item's text must not take the batch
+            pass
+        out.failed_steps += 1
+        kept = []
+        for item_id, (text, *_, rec) in list(latest.items()):
+            try:
+                vector = np.asarray(encode([text]), np.float32)
+                if vector.shape[0] != 1 or not np.isfinite(vector).all():
+                    raise ValueError("the encoder gave a vector with NaN or infinity")
+            except Exception as exc:  # noqa: BLE001 - that record's dead letter
+                err = InvalidEvent("processing_error", f"{type(exc).__name__}: {exc}")
+                out.dead_letters.append(rec.reject(err, self.letter_bytes))
+                del latest[item_id]
+                continue
+            kept.append(vector[0])
+        return np.stack(kept) if kept else np.zeros((0, 0), np.float32)
 
 
 def _records(
