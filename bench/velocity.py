@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def step() -> None:
         nonlocal steps, offset
-        batch = [RawRecord(e.to_json(), int(e.ts * 1000), offset=offset + n)
-                 for n, e in enumerate(pending)]  # fmt: skip
+        batch = [RawRecord(e.to_json(), 1000, offset=offset + n) for n, e in enumerate(pending)]
         offset += len(batch)
         for name, c in cores.items():
             started = time.perf_counter()

@@ -78,8 +78,6 @@ def poison(tag: str = "p") -> list[tuple[str, bytes | None, str]]:
         ("dict_id", raw(event_id={"x": 1}), "bad_event_id"),
         ("weight_high", raw(event_id=f"{tag}-wh", weight=101), "bad_weight"),
         ("trailing_garbage", raw(event_id=f"{tag}-tg") + b" trailing", "bad_json"),
-        # moved the batch's event time (row stamps, the TTL sweep) centuries ahead
-        ("ts_far_future", raw(event_id=f"{tag}-fut", ts=9_999_999_999), "bad_ts"),
         # control characters: NUL is dropped from numpy string arrays ("u\x00" -> "u")
         ("nul_in_user", raw(event_id=f"{tag}-nul", user_id="u\x00"), "bad_user_id"),
         ("newline_in_item", raw(event_id=f"{tag}-nl", item_id="i\nj"), "bad_item_id"),

@@ -11,7 +11,6 @@ reason instead, so bulk loads lose nothing.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ class EventProducer:
         """Validate and send one event (asynchronously; ``flush`` waits for delivery, the
         returned future for this record's)."""
         if not isinstance(event, Interaction):
-            event = validate_event(event, produced_s=time.time())
+            event = validate_event(event)
         return self._producer.send(
             self.topics.interactions, key=event.user_id.encode(), value=event.to_json()
         )
@@ -91,7 +90,7 @@ class EventProducer:
             if not line.strip():
                 continue
             try:
-                event = parse_event(line, produced_s=time.time())
+                event = parse_event(line)
             except InvalidEvent as err:
                 self.send_dead_letter(line, err, line=number)
                 report.dead_lettered[err.reason] += 1

@@ -96,7 +96,7 @@ def read_events(path: Path) -> Iterator[Interaction | BadLine]:
             if not line.strip():
                 continue
             try:
-                yield parse_event(line, produced_s=time.time())
+                yield parse_event(line)
             except InvalidEvent as err:
                 yield BadLine(number, line.decode("utf-8", "replace"), err)
 

@@ -49,11 +49,6 @@ class RawRecord:
     offset: int = -1
     key: bytes | None = None
 
-    @property
-    def produced_s(self) -> float | None:
-        """The record's own time in seconds, where it has one."""
-        return self.timestamp_ms / 1000 if self.timestamp_ms > 0 else None
-
     def reject(self, err: InvalidEvent, max_payload: int = LETTER_PAYLOAD_BYTES) -> DeadLetter:
         """The dead letter for this record: reason, the original bytes (bounded) and where it
         came from."""
@@ -183,7 +178,7 @@ class WorkerCore:
         in_batch: set[str] = set()
         for rec in records:
             try:
-                event = parse_event(rec.value, self.trainer.config.type_weights, rec.produced_s)
+                event = parse_event(rec.value, self.trainer.config.type_weights)
             except InvalidEvent as err:
                 out.dead_letters.append(rec.reject(err, self.letter_bytes))
                 continue

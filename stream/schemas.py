@@ -49,11 +49,6 @@ MAX_EVENT_BYTES = 16_384
 MAX_DEPTH = 16  # JSON nesting an event may have (an event is flat: 1)
 # ts is seconds since the epoch; above this (the year 2286) it is almost surely milliseconds
 MAX_TS = 1e10
-# how far an event's ts may run ahead of its record's own time (the Kafka timestamp, or the
-# gateway's clock): clocks drift, but an event from days ahead is a bad clock or a hostile
-# producer, and one such event would move the batch's event time, and with it row stamps
-# and the TTL sweep, far into the future for every row in the batch
-MAX_AHEAD_S = 86_400.0
 MAX_CONTENT_CHARS = 8_192  # an item's title, and all its tags together
 # a dead letter keeps at most this many bytes of the original record (its length and hash
 # always), so a letter always fits the producer's limit whatever the record was
@@ -170,19 +165,14 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def validate_event(
-    raw: Any,
-    event_types: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS,
-    produced_s: float | None = None,
+    raw: Any, event_types: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS
 ) -> Interaction:
     """Turn a decoded JSON object into an :class:`Interaction`, or raise :class:`InvalidEvent`
-    (and nothing else). ``produced_s``: the record's own time (Kafka timestamp or the
-    gateway's clock, seconds); ``ts`` may not run more than ``MAX_AHEAD_S`` ahead of it."""
-    return _guarded(lambda: _validate(raw, event_types, produced_s))
+    (and nothing else)."""
+    return _guarded(lambda: _validate(raw, event_types))
 
 
-def _validate(
-    raw: Any, event_types: Mapping[str, float], produced_s: float | None = None
-) -> Interaction:
+def _validate(raw: Any, event_types: Mapping[str, float]) -> Interaction:
     if not isinstance(raw, Mapping):
         raise InvalidEvent(
             "not_an_object", f"event must be a JSON object, got {type(raw).__name__}"
@@ -203,11 +193,6 @@ def _validate(
         raise InvalidEvent(
             "bad_ts", f"ts must be seconds since the epoch within [0, {MAX_TS:.0e}], got {ts:.6g}"
         )
-    if produced_s is not None and produced_s > 0 and ts > produced_s + MAX_AHEAD_S:
-        raise InvalidEvent(
-            "bad_ts", f"ts {ts:.6g} is {(ts - produced_s) / 86_400:.3g} days ahead of the "
-            f"record's time {produced_s:.6g} (at most {MAX_AHEAD_S / 86_400:g} day ahead)"
-        )
     weight = _number(raw, "weight")
     if weight is not None and not 0.0 <= weight <= 100.0:
         raise InvalidEvent("bad_weight", f"weight must be within [0, 100], got {weight:.6g}")
@@ -216,20 +201,17 @@ def _validate(
 
 
 def parse_event(
-    payload: bytes | str | None,
-    event_types: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS,
-    produced_s: float | None = None,
+    payload: bytes | str | None, event_types: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS
 ) -> Interaction:
     """Decode and validate one wire record. Raises :class:`InvalidEvent` and nothing else:
     whatever else goes wrong with one record is that record's reason ``invalid``.
-    ``produced_s`` as for :func:`validate_event`.
 
     >>> parse_event(b'{"event_id":"e","user_id":"u","item_id":"i","type":"view","ts":1e999}')
     Traceback (most recent call last):
     ...
     stream.schemas.InvalidEvent: ts must be a finite number, got inf
     """
-    return _guarded(lambda: _validate(decode_json(payload), event_types, produced_s))
+    return _guarded(lambda: _validate(decode_json(payload), event_types))
 
 
 def _guarded(step: Callable[[], T]) -> T:
@@ -346,11 +328,11 @@ def parse_item(
     if not key:
         raise InvalidEvent("missing_item_id", "an items record needs its item id as the key")
     try:
-        item_id = key.decode()
+        text = key.decode()
     except UnicodeDecodeError:
         raise InvalidEvent("bad_item_id", "the item id key must be UTF-8") from None
-    if len(item_id) > MAX_ID_LEN:
-        raise InvalidEvent("bad_item_id", f"item id must have 1..{MAX_ID_LEN} characters")
+    item_id = _guarded(lambda: _id({"item_id": text}, "item_id"))  # as an event's item_id
+    assert item_id is not None
     return _guarded(lambda: _item_content(item_id, payload))
 
 

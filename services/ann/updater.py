@@ -229,8 +229,7 @@ class VectorTailer(threading.Thread):
         pairs, positives, kinds = [], [], Counter[str]()
         for rec in records:
             try:
-                # judged as the worker judges it: against the record's own time
-                event = parse_event(rec.value, produced_s=rec.timestamp / 1000)
+                event = parse_event(rec.value)
             except InvalidEvent:  # the worker dead-letters it; here it is simply not seen
                 continue
             pairs.append((event.user_id, event.item_id))

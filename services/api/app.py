@@ -20,11 +20,11 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.api.gateway import (
+    BATCH_SCHEMA,
     MAX_BODY_BYTES,
     BatchRejected,
     EventSink,
     GatewayUnavailable,
-    batch_schema,
     check_batch,
 )
 from services.api.live import ASSETS, STATIC, LiveView
@@ -123,12 +123,10 @@ def create_app(
     token: str | None = None,
     on_shutdown: Callable[[], None] | None = None,
     live: LiveView | None = None,
-    clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """``on_shutdown`` runs when the server stops gracefully (the replica's final save):
     uvicorn re-raises SIGTERM after its shutdown, so code after ``uvicorn.run`` never runs.
     ``live``: what the ``/live`` page shows (default: this replica's own view, no worker lag).
-    ``clock``: the gateway's wall clock (an event's ``ts`` may not run a day ahead of it).
     """
     view = live or LiveView(state, metrics)
     if sink is not None and not token:
@@ -235,8 +233,8 @@ def create_app(
         "/events",
         status_code=202,
         response_model=Accepted,
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": batch_schema(clock())}}}},
+        openapi_extra={"requestBody": {"required": True,
+                                       "content": {"application/json": {"schema": BATCH_SCHEMA}}}},
         responses={
             400: {"model": BatchError, "description": "Invalid events; nothing was produced"},
             401: {"model": Error, "description": "Missing or wrong bearer token"},
@@ -258,7 +256,7 @@ def create_app(
             metrics.events_rejected.labels(reason="too_large").inc()
             return _error(413, f"body over the limit of {MAX_BODY_BYTES} bytes")
         try:
-            batch = check_batch(decode_json(body, limit=MAX_BODY_BYTES), clock())
+            batch = check_batch(decode_json(body, limit=MAX_BODY_BYTES))
         except InvalidEvent as err:  # the body itself: not JSON, nested too deep, too large
             status = 413 if err.reason == "too_large" else 400
             label = "too_large" if status == 413 else "bad_body"

@@ -28,7 +28,6 @@ from kafka.errors import KafkaError
 
 from stream.schemas import (
     EVENT_TYPES,
-    MAX_AHEAD_S,
     MAX_ID_LEN,
     MAX_TS,
     Interaction,
@@ -53,51 +52,40 @@ _ID = {
 }  # fmt: skip
 
 
-def event_schema(now: float) -> dict[str, Any]:
-    """One event's JSON Schema; ``ts`` at most ``MAX_AHEAD_S`` ahead of ``now``."""
-    latest = min(MAX_TS, now + MAX_AHEAD_S)
-    return {
-        "type": "object",
-        "required": ["event_id", "user_id", "item_id", "type", "ts"],
-        "properties": {
-            "event_id": _ID,
-            "user_id": _ID,
-            "item_id": _ID,
-            "type": {"type": "string", "enum": list(EVENT_TYPES)},
-            "ts": {"type": "number", "minimum": 0, "maximum": latest,
-                   "description": "event time, unix seconds; at most a day ahead of the "
-                                  "gateway's clock"},
-            "session_id": {"oneOf": [*_ID["oneOf"], {"type": "null"}]},
-            "weight": {
-                "oneOf": [{"type": "number", "minimum": 0, "maximum": 100}, {"type": "null"}]
-            },
-        },
-    }  # fmt: skip
-
-
-def batch_schema(now: float) -> dict[str, Any]:
-    """The ``POST /events`` body's JSON Schema, written from the validator's constants (the
-    latest ``ts`` it accepts is a day past ``now``: the app's start, so never later than
-    the bound a request meets)."""
-    return {
-        "type": "object",
-        "required": ["events"],
-        "properties": {
-            "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
-                       "items": event_schema(now)}
-        },
-        "example": {
-            "events": [
-                {
-                    "event_id": "e1",
-                    "user_id": "u1",
-                    "item_id": "i9",
-                    "type": "click",
-                    "ts": 1700000000.5,
-                }
-            ]
-        },
-    }  # fmt: skip
+EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event_id", "user_id", "item_id", "type", "ts"],
+    "properties": {
+        "event_id": _ID,
+        "user_id": _ID,
+        "item_id": _ID,
+        "type": {"type": "string", "enum": list(EVENT_TYPES)},
+        "ts": {"type": "number", "minimum": 0, "maximum": MAX_TS,
+               "description": "event time, unix seconds"},
+        "session_id": {"oneOf": [*_ID["oneOf"], {"type": "null"}]},
+        "weight": {
+            "oneOf": [{"type": "number", "minimum": 0, "maximum": 100}, {"type": "null"}]
+        },  # fmt: skip
+    },
+}
+BATCH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["events"],
+    "properties": {
+        "events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": EVENT_SCHEMA}
+    },
+    "example": {
+        "events": [
+            {
+                "event_id": "e1",
+                "user_id": "u1",
+                "item_id": "i9",
+                "type": "click",
+                "ts": 1700000000.5,
+            }
+        ]
+    },  # fmt: skip
+}
 
 
 class BatchRejected(ValueError):
@@ -128,9 +116,8 @@ class MemorySink:
         self.events.extend(events)
 
 
-def check_batch(body: Any, now: float | None = None) -> list[Interaction]:
-    """The events of a ``POST /events`` body, or :class:`BatchRejected` with every reason.
-    ``now``: the gateway's clock, which no event's ``ts`` may run a day ahead of."""
+def check_batch(body: Any) -> list[Interaction]:
+    """The events of a ``POST /events`` body, or :class:`BatchRejected` with every reason."""
     if not isinstance(body, dict) or not isinstance(body.get("events"), list):
         raise BatchRejected('the body must be a JSON object {"events": [...]}', [])
     raw = body["events"]
@@ -139,7 +126,7 @@ def check_batch(body: Any, now: float | None = None) -> list[Interaction]:
     events, rejected = [], []
     for index, item in enumerate(raw):
         try:
-            events.append(validate_event(item, produced_s=now))
+            events.append(validate_event(item))
         except InvalidEvent as err:
             rejected.append({"index": index, "reason": err.reason, "error": str(err)})
     if rejected:

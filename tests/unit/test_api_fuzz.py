@@ -17,7 +17,6 @@ from services.api.state import ServingState
 from stream.vectors import VectorRecord
 
 TOKEN = "fuzz-token"
-NOW = 1_750_000_000.0  # the gateway's clock, fixed: its schema's latest ts follows it
 
 
 def make_app():  # type: ignore[no-untyped-def]
@@ -30,7 +29,7 @@ def make_app():  # type: ignore[no-untyped-def]
     state.apply_events([("u1", "i1")])
     registry = CollectorRegistry()
     return create_app(state, registry, ServingMetrics.create(registry), sink=MemorySink(),
-                      token=TOKEN, clock=lambda: NOW)  # fmt: skip
+                      token=TOKEN)  # fmt: skip
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", make_app())

@@ -26,7 +26,7 @@ TOPIC = "interactions"
 
 def records() -> list[RawRecord]:
     gen = InteractionGenerator(GeneratorConfig(users=40, items=150, seed=9))
-    out, clock = [], 1_800_000_000_000  # produce times (ms): after every event ts
+    out, clock = [], 1_000_000
     rng = random.Random(3)
     for event in (r for r in gen.replay(2500) if isinstance(r, Interaction)):
         clock += rng.choice((1, 2, 5, 80))  # produce-time gaps: some close a window
