@@ -213,6 +213,15 @@ class PartitionLag:
                 self.next[tp] = offset
         self.refresh()
 
+    def caught_up(self) -> bool:
+        """Whether every partition read so far is read to its high watermark as last seen.
+        Unknown watermarks count as not caught up."""
+        for tp, offset in self.next.items():
+            high = self.highwater(tp)
+            if high is None or offset < high:
+                return False
+        return True
+
     def refresh(self) -> None:
         for tp, offset in self.next.items():
             high = self.highwater(tp)
@@ -366,6 +375,10 @@ def build_app(
                 quiet = time.monotonic() - live.delivered >= config.idle_grace_ms / 1000
                 if quiet:  # no records delivered: the watermarks may still have moved
                     lag.refresh()
+                # the partial batch closes only when nothing more can belong to it: the
+                # consumer is at the end of the log, not merely starved (a broker outage, a
+                # slow fetch), or the batches and so the tables would depend on timing
+                if quiet and lag.caught_up():
                     now_ms = int(time.time() * 1000)
                     await run(core.batcher.flush_idle(now_ms, config.idle_grace_ms))
                 if settler.pending() and (quiet or settler.due()):

@@ -30,7 +30,13 @@ from services.producer import EventProducer
 from stream.checkpoint import SEEN_ROW
 from stream.topics import Topics
 from stream.vectors import VectorRecord
-from tests.integration.test_exactly_once import Worker, durable_state, stream_records
+from tests.integration.test_exactly_once import (
+    TRAIN,
+    Worker,
+    durable_state,
+    latest_per_key,
+    stream_records,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -229,6 +235,63 @@ def test_a_refused_send_halts_and_the_worker_recovers(
     a, b = durable_state(halted.db), durable_state(steady.db)
     for key in a:
         assert a[key] == b[key], f"{key} differs after the halt and restart"
+
+
+def content_rows(db: Path) -> set[str]:
+    """The item ids whose content row the durable state holds."""
+    from paramserver.checkpoint import decode_table
+    from paramserver.stores.rocks import RocksStore
+    from stream.core import WorkerCore
+    from stream.training import CONTENT, OnlineTrainer
+
+    try:
+        store = RocksStore(db, read_only=True)
+    except Exception:  # noqa: BLE001 - not created yet
+        return set()
+    try:
+        ps = WorkerCore(OnlineTrainer.create(TRAIN)).trainer.ps
+        return set(decode_table(ps, CONTENT, store).strings)  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+
+def test_items_content_survives_a_kill_9(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Items records are acked only once a checkpoint holds their content rows. Before, faust
+    committed them within a second of embedding while the rows waited for a checkpoint that
+    only interactions brought: killed then, the rows were lost for good."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"c{tag}-"
+    topics = Topics.with_prefix(prefix, partitions=1)
+    prepare_topics(kafka_bootstrap, topics)
+    worker = Worker(kafka_bootstrap, prefix, f"items-{tag}", tmp_path, tmp_path / "items.log")
+    worker.args += ["--content-encoder", "minilm"]
+    names = [f"item{n}" for n in range(30)]
+    worker.start()
+    try:
+        with EventProducer(kafka_bootstrap, topics) as producer:
+            for n, name in enumerate(names):
+                producer.send_item(name, {"title": f"hiking boots model {n}", "tags": ["outdoor"]})
+            producer.send_item("bad-one", {"title": ""})  # missing_content: its dead letter
+            producer.flush()
+        deadline = time.monotonic() + 120
+        while len(latest_per_key(kafka_bootstrap, topics.item_vectors)) < len(names):
+            assert worker.proc is not None and worker.proc.poll() is None, worker.log.read_text()
+            assert time.monotonic() < deadline, "the items were not embedded"
+            time.sleep(0.5)
+        time.sleep(3)  # past faust's commit interval (1 s): the items were committed before
+        worker.kill9()
+        worker.start()
+        deadline = time.monotonic() + 120
+        while content_rows(worker.db) != set(names):
+            assert worker.proc is not None and worker.proc.poll() is None, worker.log.read_text()
+            assert time.monotonic() < deadline, (
+                f"{len(content_rows(worker.db))} of {len(names)} content rows are durable"
+            )
+            time.sleep(0.5)
+    finally:
+        worker.stop()
+    letters = [json.loads(v) for v in read_topic(kafka_bootstrap, topics.dlq) if v is not None]
+    assert {x["reason"] for x in letters} == {"missing_content"}
 
 
 def test_a_replica_with_a_cut_save_rebuilds(kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -41,6 +41,22 @@ def test_worker_lag_is_the_high_watermark_minus_the_next_offset() -> None:
     assert sample("0") == 0 and sample("1") == 9 - 6
 
 
+def test_caught_up_only_at_every_known_high_watermark() -> None:
+    """The idle timer closes a partial batch only when caught up: a consumer starved by a
+    broker outage is not at the end of the log, and cutting there made batches (and so the
+    tables) depend on when the broker went away."""
+    high: dict[int, int | None] = {0: None}
+    lag = PartitionLag(WorkerMetrics.create(CollectorRegistry()).consumer_lag,
+                       lambda tp: high[tp.partition])  # fmt: skip
+    assert lag.caught_up()  # nothing read yet: nothing pending either
+    lag.processed([_event(0, 9)])
+    assert not lag.caught_up()  # the watermark is unknown
+    high[0] = 30
+    assert not lag.caught_up()  # 20 records still to come (a stale watermark stays so)
+    lag.processed([_event(0, 29)])
+    assert lag.caught_up()
+
+
 def test_replica_lag_per_topic_partition() -> None:
     registry = CollectorRegistry()
     metrics = ServingMetrics.create(registry)
