@@ -96,8 +96,8 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
     "freshness": ("streambed: freshness", [
         Panel("Freshness: event produced -> item searchable",
               quantiles(f"{API}_freshness_seconds", '{kind="item"}'), "s",
-              description="Kafka produce time of an event to its changed item vector "
-                          "searchable in a replica", width=24),
+              description="Kafka timestamp of an event (its append to interactions) to "
+                          "its changed item vector searchable in a replica", width=24),
         Panel("Freshness p99 by kind",
               (Q(quantile(0.99, f"{API}_freshness_seconds", "kind"), "{{kind}}"),), "s"),
         Panel("Updates searchable within 1 s",

@@ -10,8 +10,8 @@ histogram the way PromQL's ``histogram_quantile`` does. The edge is
 Records are events (to ``interactions``), item content (``ItemInfo``, to
 ``items``) or lines that failed validation (:class:`BadLine`, dead-lettered with
 their reason, never dropped). Event ``ts`` (event time) is kept as recorded;
-the Kafka timestamp is the produce time, which is what freshness is measured
-from.
+the Kafka timestamp (on ``interactions``, the broker's append time: see
+``services.kafka.topics``) is what freshness is measured from.
 
 Examples
 --------

@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,11 +213,11 @@ class PartitionLag:
                 self.next[tp] = offset
         self.refresh()
 
-    def caught_up(self) -> bool:
-        """Whether every partition read so far is read to its high watermark as last seen.
-        Unknown watermarks count as not caught up."""
+    def caught_up(self, ends: Mapping[Any, int] | None = None) -> bool:
+        """Whether every partition read so far is read to its end: ``ends`` (fresh from the
+        broker), else the high watermarks last seen. An unknown end is not caught up."""
         for tp, offset in self.next.items():
-            high = self.highwater(tp)
+            high = self.highwater(tp) if ends is None else ends.get(tp)
             if high is None or offset < high:
                 return False
         return True
@@ -363,6 +363,21 @@ def build_app(
                         if out.failed_steps:
                             metrics.failed_steps.inc(out.failed_steps)
 
+    async def at_end() -> bool:
+        """Whether the consumer has read every partition to the end of its log, asked of the
+        broker now. The partial batch may close only then: a consumer starved (a broker
+        outage, a fetch held back on a busy machine) or going by a watermark it saw some
+        time ago would cut it where the records happened to stop, and a replay would cut
+        it elsewhere. With append-time stamps, a record appended after this answer lies
+        past the batch's window, which ended ``idle_grace_ms`` ago."""
+        if not lag.caught_up():  # by the cached watermarks: no need to ask
+            return False
+        try:
+            ends = await asyncio.wait_for(app.consumer.highwaters(*lag.next), timeout=2.0)
+        except Exception:  # noqa: BLE001 - no answer (an outage): not known to be at the end
+            return False
+        return lag.caught_up(ends)
+
     @app.timer(interval=max(config.idle_grace_ms / 4000, 0.02))
     async def idle() -> None:  # pragma: no cover - exercised via Kafka
         stream = live.stream
@@ -375,11 +390,8 @@ def build_app(
                 quiet = time.monotonic() - live.delivered >= config.idle_grace_ms / 1000
                 if quiet:  # no records delivered: the watermarks may still have moved
                     lag.refresh()
-                # the partial batch closes only when nothing more can belong to it: the
-                # consumer is at the end of the log, not merely starved (a broker outage, a
-                # slow fetch), or the batches and so the tables would depend on timing
-                if quiet and lag.caught_up():
-                    now_ms = int(time.time() * 1000)
+                now_ms = int(time.time() * 1000)
+                if quiet and core.batcher.due(now_ms, config.idle_grace_ms) and await at_end():
                     await run(core.batcher.flush_idle(now_ms, config.idle_grace_ms))
                 if settler.pending() and (quiet or settler.due()):
                     await settler.settle(stream, app)

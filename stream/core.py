@@ -41,7 +41,8 @@ from stream.vectors import VectorRecord
 
 @dataclass(frozen=True)
 class RawRecord:
-    """One Kafka record as the worker saw it; ``timestamp_ms`` is its produce time."""
+    """One Kafka record as the worker saw it; ``timestamp_ms`` is its Kafka timestamp (the
+    broker's append time on the ``interactions`` topic the pipeline creates)."""
 
     value: bytes | None
     timestamp_ms: int

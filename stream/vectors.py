@@ -1,9 +1,9 @@
 """Wire format of the ``item-vectors`` and ``user-vectors`` topics.
 
 A record carries the served vector (the tower output, float32), how many
-updates the row has had, and ``event_ms``: the produce time (Kafka record
-timestamp, ms) of the earliest event whose effect this vector is the first to
-include. The retrieval service measures freshness from it.
+updates the row has had, and ``event_ms``: the Kafka record timestamp (ms; on
+``interactions`` the broker's append time) of the earliest event whose effect this
+vector is the first to include. The retrieval service measures freshness from it.
 
 Examples
 --------

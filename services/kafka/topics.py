@@ -10,6 +10,7 @@ count and no compaction: a replica rebuilt from it after retention would miss it
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 from kafka import KafkaAdminClient
@@ -19,12 +20,20 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from stream.topics import Topics
 
 COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
+# interactions are stamped by the broker when it appends them, not by their producer: the
+# worker cuts micro-batches by these stamps and closes an idle batch once its window has
+# passed (stream.batching); with producer stamps a record that reached the broker late
+# (a producer stalled on a busy machine) fell into another batch than a replay would put
+# it in. The event time is the event's own ``ts``, untouched.
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+
+log = logging.getLogger("streambed.topics")
 
 
 def topic_specs(topics: Topics) -> list[NewTopic]:
     p = topics.partitions
     return [
-        NewTopic(topics.interactions, p, 1),
+        NewTopic(topics.interactions, p, 1, topic_configs=APPEND_TIME),
         NewTopic(topics.dlq, 1, 1),
         NewTopic(topics.items, p, 1, topic_configs=COMPACTED),
         NewTopic(topics.item_vectors, p, 1, topic_configs=COMPACTED),
@@ -56,9 +65,7 @@ def topic_problems(admin: KafkaAdminClient, topics: Topics) -> list[str]:
     specs = topic_specs(topics)
     described = {t["name"]: t for t in admin.describe_topics([s.name for s in specs])}
     compacted = [s.name for s in specs if s.topic_configs.get("cleanup.policy") == "compact"]
-    configs = admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, name) for name in compacted]
-    ).get("topic", {})
+    configs = _configs(admin, compacted)
     problems = []
     for spec in specs:
         found = described.get(spec.name)
@@ -79,6 +86,14 @@ def topic_problems(admin: KafkaAdminClient, topics: Topics) -> list[str]:
                     "rebuilt from it after retention would miss every unchanged key)"
                 )
     return problems
+
+
+def _configs(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict]:  # type: ignore[type-arg]
+    """Each topic's described configs (name -> {key: {"value": ...}})."""
+    if not names:
+        return {}
+    found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+    return found.get("topic", {})  # type: ignore[no-any-return]
 
 
 def prepare_topics(bootstrap: str, topics: Topics, timeout: float = 60.0) -> list[str]:
@@ -110,6 +125,15 @@ def prepare_topics(bootstrap: str, topics: Topics, timeout: float = 60.0) -> lis
                 "; ".join(problems) + ". Delete or fix these topics, or start with the "
                 "settings they have."
             )
+        stamp = _configs(admin, [topics.interactions]).get(topics.interactions, {})
+        kind = (stamp.get("message.timestamp.type") or {}).get("value") or "CreateTime"
+        if kind != APPEND_TIME["message.timestamp.type"]:
+            log.warning(
+                "%s has message.timestamp.type=%s: exactly once holds, but a record that "
+                "reaches the broker late may fall into another micro-batch on a replay "
+                "(set it to LogAppendTime for replays that repeat the updates exactly)",
+                topics.interactions, kind,
+            )  # fmt: skip
         return [t.name for t in missing]
     finally:
         admin.close()

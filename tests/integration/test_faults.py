@@ -145,6 +145,33 @@ def test_topics_with_the_wrong_settings_are_refused(kafka_bootstrap: str) -> Non
         producer.close(timeout=5)
 
 
+def test_interactions_are_stamped_by_the_broker(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pipeline's interactions topic takes the broker's append time (the worker's batch
+    cuts rely on it); one made elsewhere with producer stamps runs, with a warning."""
+    ours = Topics.with_prefix(f"s{uuid.uuid4().hex[:8]}-", partitions=1)
+    prepare_topics(kafka_bootstrap, ours)
+    with EventProducer(kafka_bootstrap, ours) as producer:
+        producer.send_raw(b"{}")
+    consumer = KafkaConsumer(ours.interactions, bootstrap_servers=kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=10_000)  # fmt: skip
+    try:
+        record = next(iter(consumer))
+    finally:
+        consumer.close()
+    assert record.timestamp_type == 1  # LogAppendTime
+    assert "timestamp.type" not in caplog.text
+    theirs = Topics.with_prefix(f"s{uuid.uuid4().hex[:8]}-", partitions=1)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(theirs.interactions, 1, 1)])  # producer stamps
+    finally:
+        admin.close()
+    prepare_topics(kafka_bootstrap, theirs)
+    assert "message.timestamp.type=CreateTime" in caplog.text
+
+
 @pytest.fixture
 def own_broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A broker of this test's own, to stop and start (the session's stays up)."""
@@ -288,10 +315,27 @@ def test_items_content_survives_a_kill_9(kafka_bootstrap: str, tmp_path: Path) -
                 f"{len(content_rows(worker.db))} of {len(names)} content rows are durable"
             )
             time.sleep(0.5)
+        # and once a checkpoint holds them, the records are acked: the group's committed
+        # offset reaches the end of the items topic (no redelivery on every restart)
+        deadline = time.monotonic() + 60
+        while committed(kafka_bootstrap, f"items-{tag}", topics.items) < len(names) + 1:
+            assert time.monotonic() < deadline, "the items records were never acked"
+            time.sleep(0.5)
     finally:
         worker.stop()
     letters = [json.loads(v) for v in read_topic(kafka_bootstrap, topics.dlq) if v is not None]
     assert {x["reason"] for x in letters} == {"missing_content"}
+
+
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    """The consumer group's committed offset on partition 0 of ``topic`` (-1: none)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False)  # fmt: skip
+    try:  # committed() asks the group's coordinator without joining the group
+        offset = consumer.committed(TopicPartition(topic, 0))
+    finally:
+        consumer.close()
+    return -1 if offset is None else offset
 
 
 def test_a_replica_with_a_cut_save_rebuilds(kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -55,6 +55,9 @@ def test_caught_up_only_at_every_known_high_watermark() -> None:
     assert not lag.caught_up()  # 20 records still to come (a stale watermark stays so)
     lag.processed([_event(0, 29)])
     assert lag.caught_up()
+    # the idle timer asks the broker before closing a batch: a fresh end overrules the cache
+    tp = _event(0, 0).message.tp
+    assert not lag.caught_up({tp: 31}) and lag.caught_up({tp: 30}) and not lag.caught_up({})
 
 
 def test_replica_lag_per_topic_partition() -> None:
