@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -109,8 +110,16 @@ def test_replay_paces_events_and_reports_rate_lag_and_freshness(
     refused = streambed("replay", *common, "--generate", "10", "--rate", "5", "--speedup", "2")
     assert refused.returncode == 2 and "not both" in refused.stderr
 
-    # the replica saves on SIGTERM, and a restarted one starts from that save
-    items = pipeline.get("/healthz")["items"]
+    # the replica saves on SIGTERM, and a restarted one starts from that save; first the
+    # cut-short replay's last records must be through (its drain was 0 s), or a vector
+    # arriving between this read and the save makes the save one item larger
+    items, since = pipeline.get("/healthz")["items"], time.monotonic()
+    deadline = since + 60
+    while time.monotonic() - since < 2.0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = pipeline.get("/healthz")["items"]
+        if now != items:
+            items, since = now, time.monotonic()
     pipeline.stop_process("api")
     assert (config.state_dir / "api" / "LATEST").exists()
     pipeline.start_api()

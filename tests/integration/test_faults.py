@@ -195,12 +195,9 @@ def test_the_broker_gone_for_20_s_mid_stream(own_broker: LocalBroker, tmp_path: 
     tag = uuid.uuid4().hex[:8]
     prefix = f"o{tag}-"
     topics = Topics.with_prefix(prefix, partitions=1)
-    prepare_topics(bootstrap, topics)
     records = stream_records(12_000)
     half = 2 * len(records) // 3
-    with EventProducer(bootstrap, topics) as producer:
-        for payload in records[:half]:
-            producer.send_raw(payload)
+    backlog(bootstrap, prefix, records[:half])
     crashed = Worker(bootstrap, prefix, f"outage-{tag}", tmp_path, tmp_path / "outage.log")
     try:
         crashed.start()
@@ -215,15 +212,7 @@ def test_the_broker_gone_for_20_s_mid_stream(own_broker: LocalBroker, tmp_path: 
         crashed.wait_checkpointed(len(records), timeout=240)
     finally:
         crashed.stop()
-    steady = Worker(bootstrap, prefix, f"steady-{tag}", tmp_path, tmp_path / "steady.log")
-    try:
-        steady.start()
-        steady.wait_checkpointed(len(records), timeout=240)
-    finally:
-        steady.stop()
-    a, b = durable_state(crashed.db), durable_state(steady.db)
-    for key in a:
-        assert a[key] == b[key], f"{key} differs after the outage"
+    assert_as_steady(bootstrap, prefix, tmp_path, crashed.db, len(records), "the outage")
     halts = crashed.log.read_text().count("restarting from the last checkpoint")
     print(f"outage at checkpoint {stopped_at} of {len(records)}; worker halted and restarted "
           f"{halts} times; tables identical to the steady run")  # fmt: skip
@@ -237,12 +226,7 @@ def test_a_refused_send_halts_and_the_worker_recovers(
     again from its last checkpoint by itself and ends with the tables of a steady run."""
     tag = uuid.uuid4().hex[:8]
     prefix = f"f{tag}-"
-    topics = Topics.with_prefix(prefix, partitions=1)
-    prepare_topics(kafka_bootstrap, topics)
-    records = stream_records(8_000)
-    with EventProducer(kafka_bootstrap, topics) as producer:
-        for payload in records:
-            producer.send_raw(payload)
+    records = backlog(kafka_bootstrap, prefix, stream_records(8_000))
     halted = Worker(kafka_bootstrap, prefix, f"halt-{tag}", tmp_path, tmp_path / "halt.log")
     halted.env = {"STREAMBED_FAULT_FAIL_SEND_AT": "1500"}
     try:
@@ -253,15 +237,31 @@ def test_a_refused_send_halts_and_the_worker_recovers(
     log = halted.log.read_text()
     assert "worker halted, no further checkpoint: could not send" in log, log[-3000:]
     assert "restarting from the last checkpoint" in log and "no final checkpoint" in log
-    steady = Worker(kafka_bootstrap, prefix, f"steady-{tag}", tmp_path, tmp_path / "steady.log")
+    assert_as_steady(kafka_bootstrap, prefix, tmp_path, halted.db, len(records), "the halt")
+
+
+def backlog(bootstrap: str, prefix: str, records: list[bytes]) -> list[bytes]:
+    """The pipeline's topics under ``prefix`` (one partition), ``records`` sent to them."""
+    topics = Topics.with_prefix(prefix, partitions=1)
+    prepare_topics(bootstrap, topics)
+    with EventProducer(bootstrap, topics) as producer:
+        for payload in records:
+            producer.send_raw(payload)
+    return records
+
+
+def assert_as_steady(bootstrap: str, prefix: str, tmp: Path, db: Path, n: int, what: str) -> None:
+    """A worker that never saw a fault, over the same topic to offset ``n``, ends with the
+    durable state in ``db``, bit for bit."""
+    steady = Worker(bootstrap, prefix, f"steady-{uuid.uuid4().hex[:8]}", tmp, tmp / "steady.log")
     try:
         steady.start()
-        steady.wait_checkpointed(len(records), timeout=240)
+        steady.wait_checkpointed(n, timeout=240)
     finally:
         steady.stop()
-    a, b = durable_state(halted.db), durable_state(steady.db)
+    a, b = durable_state(db), durable_state(steady.db)
     for key in a:
-        assert a[key] == b[key], f"{key} differs after the halt and restart"
+        assert a[key] == b[key], f"{key} differs after {what}"
 
 
 def content_rows(db: Path) -> set[str]:
