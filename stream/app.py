@@ -434,11 +434,8 @@ def process_safely(core: WorkerCore, records: list[RawRecord], settler: Settler)
     """Run the core (which isolates bad records and failing steps itself). An error that
     escapes it is not one record's: the tables may hold half a step, so the worker halts
     rather than checkpoint them, and restarts from its last checkpoint."""
-    try:
+    with halting(settler, f"a micro-batch of {len(records)} records"):
         return core.process(records)
-    except Exception as exc:
-        log.exception("micro-batch of %d records failed outside the training step", len(records))
-        raise settler.halt(f"a micro-batch failed: {type(exc).__name__}: {exc}") from exc
 
 
 def record_metrics(
