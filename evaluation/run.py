@@ -29,7 +29,7 @@ from stream.schemas import Interaction
 from stream.training import TrainConfig
 
 # the online learning rate per dataset: the best of 0.2/0.1/0.05/0.02 for the online learner
-# in `streambed evaluate --validation` (history only; README, "Learning"); the generator's
+# in `streambed evaluate --validation` (history only; docs/learning.md); the generator's
 # is the worker's default. MovieLens rechecked after the fallback fix (8fcfa77; 10k window,
 # mix 2): 0.01/0.02/0.03/0.05/0.08 0.0364/0.0416/0.0425/0.0421/0.0410 (NDCG 0.0207 at 0.03)
 DATASET_LR = {"generator": TrainConfig.lr, "movielens": 0.03}
@@ -37,14 +37,15 @@ DATASET_LR = {"generator": TrainConfig.lr, "movielens": 0.03}
 # same way on the live validation replays: MovieLens 0.015/0.03/0.06/0.1/0.2 0.0409/0.0496/
 # 0.0545/0.0545/0.0548 (NDCG 0.0207/0.0238/0.0262/0.0269/0.0269; a plateau from 0.06, 0.1
 # its middle): per-event steps want a larger rate, since a user's burst no longer adds up
-# in one row-wise Adagrad step. It does not carry to the test part (README: 0.0756 against
+# in one row-wise Adagrad step. It does not carry to the test part (docs/learning.md: 0.0756 against
 # 0.03's 0.0770, cold hits 2 against 21). The generator's stays: 0.05/0.1/0.2 0.5194/
 # 0.5248/0.5243 (NDCG 0.3647/0.3651/0.3565)
 DATASET_LR_LIVE = {"movielens": 0.1}
 # where the online learner's sampled negatives come from at the worker's cadence (TrainConfig.
 # negative_sampler), chosen on the live validation replays: a live batch holds one user's
 # burst, so in-batch negatives (the popularity-shaped ones log-Q corrects) are nearly gone
-# and uniform draws over the catalogue push every film away from everyone (README). MovieLens
+# and uniform draws over the catalogue push every film away from everyone
+# (docs/learning.md). MovieLens
 # at lr 0.1, uniform / frequency: recall@10 0.0545 / 0.0565, NDCG 0.0269 / 0.0277, cold hits
 # 41 / 47 (frequency with its draws in dict order, before they were sorted: 0.0574 / 0.0278,
 # the size of the noise); with it, lr 0.06 / 0.1 / 0.2 0.0536 / 0.0565 / 0.0554 (NDCG 0.0260 /
@@ -53,11 +54,12 @@ DATASET_LR_LIVE = {"movielens": 0.1}
 DATASET_NEGATIVES_LIVE = {"movielens": "frequency"}
 # calibrated serving (TrainConfig.calibrate: each half scored by its z-score over the
 # catalogue for that user) and the taste weight it runs at, per dataset at the worker's
-# cadence, chosen on the live validation replay (README, "Calibrated halves"): MovieLens
+# cadence, chosen on the live validation replay (docs/learning.md, "Calibrated halves"): MovieLens
 # (lr 0.1, frequency negatives), off at 0.6 / on at 0.6 / 1 / 1.5: recall@10 0.0565 / 0.0573 /
 # 0.0585 / 0.0538, NDCG 0.0277 / 0.0278 / 0.0286 / 0.0266
 # velocity_weight (TrainConfig: young items' velocity, one more served coordinate), at the
-# worker's cadence, chosen on the live validation replays (README, "Young items' velocity"):
+# worker's cadence, chosen on the live validation replays (docs/learning.md, "Young items'
+# velocity"):
 # the generator, beta 0 / 0.1 / 0.15 / 0.2: recall@10 0.5248 / 0.5280 / 0.5248 / 0.5217, NDCG
 # 0.3651 / 0.3641 / 0.3620 / 0.3584, cold hits@10 against no blending 1/3, 4/3, 10/3 (p =
 # 0.09), 15/3 (p = 0.0075): 0.2, the smallest that meets the cold bar there, for 0.31 points
@@ -106,7 +108,8 @@ DATASET_TRAIN: dict[str, dict[str, Any]] = {
 DATASET_POPULAR_MIX = {"movielens": 2.0}
 # what "popular" counts: the last N positives, for the popularity baseline and for every
 # model's fallback and mix alike (a replica's --popular-window). Chosen for the popularity
-# baseline on each validation replay by the README's rule (recall@10, NDCG not below the old
+# baseline on each validation replay by the rule in docs/learning.md (recall@10, NDCG not
+# below the old
 # 20k's): MovieLens 1k/2k/5k/10k/20k/40k 0.0271/0.0330/0.0361/0.0377/0.0322/0.0270 (NDCG
 # 0.0134/0.0167/0.0172/0.0184/0.0156/0.0134); generator 0.3410/0.3461/0.3433/0.3428/0.3419/
 # 0.3419 (NDCG 0.1891/0.1892/0.1902/0.1897/0.1893/0.1894: 2k's NDCG is below 20k's, so 5k)

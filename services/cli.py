@@ -687,14 +687,16 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument("--negatives", type=int, default=32)
     w.add_argument("--negative-sampler", choices=("uniform", "frequency"), default="uniform",
                    help="where the sampled negatives come from: uniform over the item table, "
-                        "or by the items' positive counts (README, Learning: frequency is "
+                        "or by the items' positive counts (docs/learning.md: frequency is "
                         "MovieLens's choice at this cadence)")  # fmt: skip
     w.add_argument("--calibrate", action="store_true",
                    help="with --taste-weight: score each half by its z-score over the "
-                        "catalogue (served vectors 2 * --dim + 2 long; README)")  # fmt: skip
+                        "catalogue (served vectors 2 * --dim + 2 long; "
+                        "docs/learning.md)")  # fmt: skip
     w.add_argument("--velocity-weight", type=float, default=0.0,
                    help="add this times (1 - a(n)) log(1 + v) to a young item's score, v "
-                        "its rate of positives (served vectors one longer; README)")  # fmt: skip
+                        "its rate of positives (served vectors one longer; "
+                        "docs/learning.md)")  # fmt: skip
     w.add_argument("--temperature", type=float, default=0.2,
                    help="softmax temperature of the online loss, fold-in, skip-gram")  # fmt: skip
     w.add_argument(

@@ -129,7 +129,7 @@ def run_demo(cfg: DemoConfig) -> int:
     pipe_cfg = PipelineConfig(
         cfg.state_dir, bootstrap=cfg.bootstrap, topic_prefix=prefix,
         app_id=f"{prefix}streambed-worker",
-        # users' content tastes at the generator's validated weight (README, Learning): the
+        # users' content tastes at the generator's validated weight (docs/learning.md): the
         # served vectors are then twice --dim long, and the replica must know
         worker_args=("--init-from", str(boot_path), "--taste-weight", str(train.taste_weight)),
         api_args=("--dim", str(train.served_dim)),
@@ -225,7 +225,8 @@ def _show_user_moving(
     cfg: DemoConfig,
 ) -> None:
     # a user with some history but not a heavy one: row-wise Adagrad's accumulator makes
-    # heavy users' rows move slowly (see README, "Where the code argued with the design")
+    # heavy users' rows move slowly (docs/architecture.md, "Where the code argued with the
+    # design")
     moderate = [u for u, n in activity.items() if 8 <= n <= 30] or list(activity)
     user = max(moderate, key=lambda u: (activity[u], u))
     recs = pipe.get(f"/recommendations/{user}?k={TOP_K}")["items"]

@@ -52,7 +52,7 @@ def _local_ps(core: WorkerCore) -> ParameterServer:
     if not isinstance(ps, ParameterServer):
         raise CheckpointError(
             "exactly-once checkpoints need the in-process parameter server; remote shards "
-            "checkpoint themselves (see README)"
+            "checkpoint themselves (see docs/architecture.md)"
         )
     return ps
 

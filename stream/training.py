@@ -91,7 +91,7 @@ class TrainConfig:
 
     dim: int = 32
     # 0.2: on the generator's validation replay the best recall@10 whose NDCG@10 is not
-    # below the old default 0.1's (README, Learning): recall 0.4511 -> 0.4659, NDCG 0.3226 ->
+    # below the old default 0.1's (docs/learning.md): recall 0.4511 -> 0.4659, NDCG 0.3226 ->
     # 0.3327; softer still (0.5-2) gains recall but loses NDCG there
     temperature: float = 0.2
     negatives: int = 32
@@ -99,7 +99,7 @@ class TrainConfig:
     # (in proportion to the streaming positive counts, as in-batch negatives of a big batch)
     negative_sampler: str = "uniform"
     logq: bool = True
-    # 0.1: best of 0.2/0.1/0.05/0.02 on the generator's validation replay (README, Learning):
+    # 0.1: best of 0.2/0.1/0.05/0.02 on the generator's validation replay (docs/learning.md):
     # recall@10 0.4511 against 0.4345 at 0.2, the old default
     lr: float = 0.1
     optimizer: str = "rowwise_adagrad"

@@ -191,7 +191,7 @@ def test_the_alerts_evaluate_on_the_real_series_and_agree_with_them(
     """docker/alerts.yml against a running pipeline: every rule evaluates without error;
     the five about failures stay inactive; the freshness rule is pending exactly when the
     p99 over its own window is above 1 s (with remote PS shards on this 2-core machine it
-    is: see the README). That each rule fires on bad series is tested with promtool
+    is: see docs/operations.md). That each rule fires on bad series is tested with promtool
     (tests/alerts_test.yml)."""
     _, prom = observed
     rules = {r["name"]: r for r in prom.rules()}
