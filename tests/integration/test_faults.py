@@ -172,6 +172,35 @@ def test_interactions_are_stamped_by_the_broker(
     assert "message.timestamp.type=CreateTime" in caplog.text
 
 
+def test_log_ends_are_the_brokers_now_or_unknown(kafka_bootstrap: str) -> None:
+    """The idle cut asks the broker for the log's end: the answer counts what was just
+    appended, and no broker means no answer (not a guess), within its timeout."""
+    import asyncio
+
+    from faust.types import TP
+
+    from stream.app import LogEnds
+
+    topics = Topics.with_prefix(f"e{uuid.uuid4().hex[:8]}-", partitions=1)
+    prepare_topics(kafka_bootstrap, topics)
+    tp = TP(topic=topics.interactions, partition=0)
+    with EventProducer(kafka_bootstrap, topics) as producer:
+        for _ in range(3):
+            producer.send_raw(b"{}")
+    ends = LogEnds(kafka_bootstrap)
+    try:
+        assert asyncio.run(ends([tp])) == {tp: 3}
+    finally:
+        ends.close()
+    began = time.monotonic()
+    nobody = LogEnds(f"127.0.0.1:{free_port()}", timeout_s=1.0)
+    try:
+        assert asyncio.run(nobody([tp])) is None
+        assert time.monotonic() - began < 5
+    finally:
+        nobody.close()
+
+
 @pytest.fixture
 def own_broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A broker of this test's own, to stop and start (the session's stays up)."""
