@@ -53,7 +53,9 @@ def poison(tag: str = "p") -> list[tuple[str, bytes | None, str]]:
         ("bad_json", b'{"event_id": "broken', "bad_json"),
         ("empty", None, "empty"),
         ("blank", b"", "bad_json"),
-        ("array", b"[1, 2]", "not_an_object"),
+        # a JSON array is a batch record: these fail as a whole (its events each on their own)
+        ("empty_batch", b"[]", "empty_batch"),
+        ("batch_bad_json", b'[{"event_id": "x", "user_id"', "bad_json"),
         ("string", b'"hello"', "not_an_object"),
         ("nan_ts", raw(event_id=f"{tag}-nan").replace(b"1.5", b"NaN"), "bad_ts"),
         ("inf_weight", raw(event_id=f"{tag}-inf", weight=1).replace(b'"weight": 1',

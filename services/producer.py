@@ -1,8 +1,14 @@
 """The producer SDK: validated interaction events into Kafka with kafka-python.
 
-Records are keyed by user id (so one user's events stay ordered on one
-partition), batched by the client (``linger_ms``) and acknowledged by all
-in-sync replicas (``acks='all'``). Invalid events are refused before they
+Events are partitioned by user id (so one user's events stay ordered on one
+partition) and acknowledged by all in-sync replicas (``acks='all'``). By default
+they travel packed: up to ``pack`` events of one partition in one *batch record*
+(a JSON array of events, see docs/architecture.md), sent when it is full or its
+first event has waited ``linger_ms``. The worker reads a batch record as its events
+one by one (each validated, de-duplicated and dead-lettered alone), so packing
+changes nothing but the cost: the worker's per-record overhead is paid once per
+batch record, not once per event. ``pack=1`` sends one keyed record per event,
+for other consumers of the topic that expect that. Invalid events are refused before they
 reach the topic: :meth:`EventProducer.send` raises :class:`InvalidEvent`, and
 :meth:`EventProducer.send_lines` routes them to the dead-letter topic with the
 reason instead, so bulk loads lose nothing.
@@ -11,22 +17,43 @@ reason instead, so bulk loads lose nothing.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.partitioner.default import murmur2
 from kafka.producer.future import FutureRecordMetadata
 
-from stream.schemas import Interaction, InvalidEvent, dead_letter, parse_event, validate_event
+from stream.schemas import (
+    MAX_BATCH_BYTES,
+    Interaction,
+    InvalidEvent,
+    dead_letter,
+    parse_event,
+    validate_event,
+)
 from stream.topics import Topics
+
+PACK = 500  # events per batch record at most (the worker's micro-batch is 256 events)
 
 
 @dataclass
 class SendReport:
     sent: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Packed:
+    """Events of one partition waiting to leave as one batch record."""
+
+    since: float  # monotonic time of the first one
+    bodies: list[bytes] = field(default_factory=list)
+    size: int = 2  # bytes of the record they make: "[" + ",".join(bodies) + "]"
 
 
 class EventProducer:
@@ -38,16 +65,26 @@ class EventProducer:
         linger_ms: int = 5,
         batch_size: int = 64 * 1024,
         client_id: str = "streambed-producer",
+        pack: int = PACK,
     ) -> None:
+        if pack < 1:
+            raise ValueError(f"pack is the events per record at most (>= 1), got {pack}")
         self.topics = topics or Topics()
+        self.pack, self.linger = pack, linger_ms / 1000
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=client_id,
             acks="all",
-            linger_ms=linger_ms,
-            batch_size=batch_size,
+            linger_ms=linger_ms if pack == 1 else 0,  # packed: the packing lingers instead
+            batch_size=max(batch_size, MAX_BATCH_BYTES + 1024) if pack > 1 else batch_size,
+            max_request_size=max(MAX_BATCH_BYTES + 64 * 1024, 1_048_576),
             retries=5,
         )
+        self._partitions: list[int] | None = None
+        self._packs: dict[int, _Packed] = {}
+        self._lock = threading.Condition()
+        self._closed = False
+        self._linger_thread: threading.Thread | None = None
 
     def __enter__(self) -> EventProducer:
         return self
@@ -55,22 +92,88 @@ class EventProducer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send(self, event: Interaction | Mapping[str, Any]) -> FutureRecordMetadata:
-        """Validate and send one event (asynchronously; ``flush`` waits for delivery, the
-        returned future for this record's)."""
+    def send(self, event: Interaction | Mapping[str, Any]) -> None:
+        """Validate and send one event (asynchronously: ``flush`` waits for its delivery)."""
         if not isinstance(event, Interaction):
             event = validate_event(event)
-        return self._producer.send(
-            self.topics.interactions, key=event.user_id.encode(), value=event.to_json()
-        )
+        key, body = event.user_id.encode(), event.to_json()
+        if self.pack == 1:
+            self._producer.send(self.topics.interactions, key=key, value=body)
+            return
+        partition = self._partition(key)
+        with self._lock:
+            packed = self._packs.get(partition)
+            if packed is not None and packed.size + len(body) + 1 > MAX_BATCH_BYTES:
+                self._send_pack(partition)
+                packed = None
+            if packed is None:
+                packed = self._packs[partition] = _Packed(time.monotonic())
+                self._start_lingering()
+            packed.bodies.append(body)
+            packed.size += len(body) + (len(packed.bodies) > 1)
+            if len(packed.bodies) >= self.pack:
+                self._send_pack(partition)
 
     def deliver(self, events: Sequence[Interaction], timeout: float = 10.0) -> None:
         """Send validated events and wait until the broker has acknowledged every one
         (raises the first delivery error)."""
-        futures = [self.send(event) for event in events]
+        futures: list[FutureRecordMetadata] = []
+        if self.pack == 1:
+            futures = [self._producer.send(self.topics.interactions, key=e.user_id.encode(),
+                                           value=e.to_json()) for e in events]  # fmt: skip
+        else:
+            with self._lock:
+                for partition in list(self._packs):  # events sent before these go first
+                    self._send_pack(partition)
+                by_partition: dict[int, list[bytes]] = {}
+                for e in events:
+                    by_partition.setdefault(self._partition(e.user_id.encode()), []).append(
+                        e.to_json()
+                    )
+                for partition, bodies in by_partition.items():
+                    for chunk in _chunks(bodies, self.pack):
+                        futures.append(self._send_bodies(partition, chunk))
         self._producer.flush(timeout=timeout)
         for future in futures:
             future.get(timeout=timeout)
+
+    def _partition(self, key: bytes) -> int:
+        if self._partitions is None:
+            found = self._producer.partitions_for(self.topics.interactions)
+            self._partitions = sorted(found) if found else [0]
+        # as kafka-python's default partitioner places a keyed record
+        return self._partitions[(murmur2(key) & 0x7FFFFFFF) % len(self._partitions)]
+
+    def _send_pack(self, partition: int) -> FutureRecordMetadata:
+        """Send one partition's waiting events (the lock held)."""
+        return self._send_bodies(partition, self._packs.pop(partition).bodies)
+
+    def _send_bodies(self, partition: int, bodies: list[bytes]) -> FutureRecordMetadata:
+        value = b"[" + b",".join(bodies) + b"]"
+        return self._producer.send(self.topics.interactions, value=value, partition=partition)
+
+    def _start_lingering(self) -> None:
+        """Wake the thread that sends what has waited ``linger_ms`` (the lock held)."""
+        if self._linger_thread is None:
+            self._linger_thread = threading.Thread(
+                target=self._linger, name="streambed-producer-linger", daemon=True
+            )
+            self._linger_thread.start()
+        self._lock.notify()
+
+    def _linger(self) -> None:
+        with self._lock:
+            while not self._closed:
+                if not self._packs:
+                    self._lock.wait()
+                    continue
+                now = time.monotonic()
+                due = [p for p, packed in self._packs.items() if now - packed.since >= self.linger]
+                for partition in due:
+                    self._send_pack(partition)
+                if self._packs:
+                    oldest = min(packed.since for packed in self._packs.values())
+                    self._lock.wait(max(oldest + self.linger - now, 0.0005))
 
     def send_raw(self, payload: bytes, key: bytes | None = None) -> None:
         """Send bytes unvalidated, as a foreign producer might (the worker will judge them)."""
@@ -105,8 +208,34 @@ class EventProducer:
         self._producer.send(self.topics.dlq, value=record)
 
     def flush(self, timeout: float | None = 30.0) -> None:
+        """Send every waiting event and wait until the broker has them all."""
+        with self._lock:
+            for partition in list(self._packs):
+                self._send_pack(partition)
         self._producer.flush(timeout=timeout)
 
     def close(self) -> None:
-        self._producer.flush()
+        self.flush()
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if self._linger_thread is not None:
+            self._linger_thread.join(timeout=5)
         self._producer.close()
+
+
+def _chunks(bodies: list[bytes], most: int) -> list[list[bytes]]:
+    """``bodies`` in order, in runs of at most ``most`` events and ``MAX_BATCH_BYTES``.
+
+    >>> [len(c) for c in _chunks([b"x" * 10] * 7, 3)]
+    [3, 3, 1]
+    """
+    chunks: list[list[bytes]] = [[]]
+    size = 2
+    for body in bodies:
+        if chunks[-1] and (len(chunks[-1]) >= most or size + len(body) + 1 > MAX_BATCH_BYTES):
+            chunks.append([])
+            size = 2
+        chunks[-1].append(body)
+        size += len(body) + 1
+    return chunks

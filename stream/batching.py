@@ -105,5 +105,12 @@ class Batcher:
             first.setdefault(rec.partition, rec.offset)
         return first
 
+    def pending_positions(self) -> dict[int, tuple[int, int]]:
+        """Each partition's first waiting event's position (offset, index in a batch record)."""
+        first: dict[int, tuple[int, int]] = {}
+        for rec in self._pending:
+            first.setdefault(rec.partition, rec.position)
+        return first
+
     def __len__(self) -> int:
         return len(self._pending)

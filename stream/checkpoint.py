@@ -116,8 +116,13 @@ def _encode(core: WorkerCore, topic: str, drained: _Drained) -> WriteSet:
     for event_id, seq in drained.added:
         writes.put(SEEN_ROW + event_id.encode(), seq.to_bytes(8, "big"))
     writes.put(TRAINER, json.dumps(core.trainer.state()).encode())
-    offsets = {str(p): o for p, o in sorted(core.checkpoint_offsets().items())}
-    writes.put(OFFSETS, json.dumps({"topic": topic, "partitions": offsets}).encode())
+    positions = sorted(core.checkpoint_positions().items())
+    offsets = {str(p): o for p, (o, _) in positions}
+    # events of the record at that offset already in the tables (a batch record taken in part)
+    within = {str(p): i for p, (_, i) in positions if i}
+    writes.put(
+        OFFSETS, json.dumps({"topic": topic, "partitions": offsets, "within": within}).encode()
+    )
     return writes
 
 
@@ -145,5 +150,5 @@ def restore(core: WorkerCore, store: RowStore, topic: str) -> dict[int, int] | N
     )
     core.trainer.load_state(json.loads(store.get(TRAINER) or b"{}"))
     offsets = {int(p): int(o) for p, o in saved["partitions"].items()}
-    core.resume(offsets)
+    core.resume(offsets, {int(p): int(i) for p, i in saved.get("within", {}).items()})
     return offsets

@@ -19,8 +19,9 @@ Examples
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,12 @@ from stream.schemas import (
     Interaction,
     InvalidEvent,
     dead_letter,
+    decode_batch,
+    element_bytes,
+    is_batch,
     parse_event,
     parse_item,
+    validate_event,
 )
 from stream.training import ITEMS, USERS, OnlineTrainer, StepStats
 from stream.vectors import VectorRecord
@@ -41,22 +46,80 @@ from stream.vectors import VectorRecord
 
 @dataclass(frozen=True)
 class RawRecord:
-    """One Kafka record as the worker saw it; ``timestamp_ms`` is its Kafka timestamp (the
-    broker's append time on the ``interactions`` topic the pipeline creates)."""
+    """One Kafka record as the worker saw it, or one event of a batch record; ``timestamp_ms``
+    is its Kafka timestamp (the broker's append time on the ``interactions`` topic the
+    pipeline creates).
+
+    An event of a batch record carries its place in the record (``index``, and whether it is
+    the ``last``), its decoded JSON (``decoded``, a 1-tuple) and nothing in ``value``; its
+    position ``(offset, index)`` is what exactly-once tracks. ``refused``: why the record as
+    a whole cannot be read (a batch record that is not valid JSON): its dead letter.
+    """
 
     value: bytes | None
     timestamp_ms: int
     partition: int = 0
     offset: int = -1
     key: bytes | None = None
+    index: int = 0
+    last: bool = True
+    decoded: tuple[Any] | None = None
+    refused: InvalidEvent | None = None
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return (self.offset, self.index)
+
+    def after(self) -> tuple[int, int]:
+        """The position of the next event on this record's partition."""
+        return (self.offset + 1, 0) if self.last else (self.offset, self.index + 1)
 
     def reject(self, err: InvalidEvent, max_payload: int = LETTER_PAYLOAD_BYTES) -> DeadLetter:
         """The dead letter for this record: reason, the original bytes (bounded) and where it
-        came from."""
-        payload = dead_letter(
-            self.value, err, max_payload, partition=self.partition, offset=self.offset
+        came from (with the event's index for one event of a batch record)."""
+        where: dict[str, int] = {"partition": self.partition, "offset": self.offset}
+        payload = self.value
+        if self.decoded is not None:
+            payload, where["index"] = element_bytes(self.decoded[0]), self.index
+        return DeadLetter(err.reason, dead_letter(payload, err, max_payload, **where))
+
+    def event(self, type_weights: Mapping[str, float]) -> Interaction:
+        """The validated event, or :class:`InvalidEvent`."""
+        if self.refused is not None:
+            raise self.refused
+        if self.decoded is not None:
+            return validate_event(self.decoded[0], type_weights)
+        return parse_event(self.value, type_weights)
+
+
+def expand(records: Iterable[RawRecord]) -> list[RawRecord]:
+    """Records with each batch record (a JSON array) replaced by its events, in order; a
+    batch record that cannot be decoded stays one record, ``refused`` with the reason.
+
+    >>> ev = b'{"event_id":"e1","user_id":"u1","item_id":"i1","type":"click","ts":5}'
+    >>> both = RawRecord(b"[" + ev + b"," + ev + b"]", 0, offset=7)
+    >>> [(r.offset, r.index, r.last) for r in expand([both])]
+    [(7, 0, False), (7, 1, True)]
+    >>> expand([RawRecord(b"[{", 0, offset=8)])[0].refused.reason
+    'bad_json'
+    """
+    out: list[RawRecord] = []
+    for rec in records:
+        if rec.decoded is not None or not is_batch(rec.value):
+            out.append(rec)
+            continue
+        try:
+            elements = decode_batch(rec.value)
+        except InvalidEvent as err:
+            out.append(replace(rec, refused=err))
+            continue
+        last = len(elements) - 1
+        common = (rec.timestamp_ms, rec.partition, rec.offset, rec.key)
+        out.extend(
+            RawRecord(None, *common, index=n, last=n == last, decoded=(element,))
+            for n, element in enumerate(elements)
         )
-        return DeadLetter(err.reason, payload)
+    return out
 
 
 @dataclass(frozen=True)
@@ -146,40 +209,51 @@ class WorkerCore:
         self.dedup = dedup if dedup is not None else RecentIds()
         # not `x or default`: a Batcher and RecentIds have __len__, so empty ones are falsy
         self.batcher = batcher if batcher is not None else Batcher(BATCH_SIZE, BATCH_MS)
-        self._next: dict[int, int] = {}  # partition -> offset after the last record taken
+        # partition -> position (offset, index in a batch record) after the last event taken
+        self._next: dict[int, tuple[int, int]] = {}
 
-    def resume(self, offsets: dict[int, int]) -> None:
-        """Start from a checkpoint: records below these offsets are already in the tables."""
-        self._next = dict(offsets)
+    def resume(self, offsets: Mapping[int, int], within: Mapping[int, int] | None = None) -> None:
+        """Start from a checkpoint: events before these positions are already in the tables
+        (``within``: per partition, the events of the record at its offset already taken)."""
+        within = within or {}
+        self._next = {p: (o, within.get(p, 0)) for p, o in offsets.items()}
 
     def accept(self, records: Sequence[RawRecord]) -> tuple[list[list[RawRecord]], int]:
-        """Feed fetched records to the batcher; (batches now closed, records skipped as replays)."""
+        """Feed fetched records to the batcher; (batches now closed, events skipped as replays)."""
         fresh = []
-        for rec in records:
-            if rec.offset < self._next.get(rec.partition, 0):
+        events = expand(records)
+        for rec in events:
+            if rec.position < self._next.get(rec.partition, (0, 0)):
                 continue
-            self._next[rec.partition] = rec.offset + 1
+            self._next[rec.partition] = rec.after()
             fresh.append(rec)
-        return self.batcher.add(fresh), len(records) - len(fresh)
+        return self.batcher.add(fresh), len(events) - len(fresh)
+
+    def checkpoint_positions(self) -> dict[int, tuple[int, int]]:
+        """Per partition, the position of the first event the tables do not yet reflect."""
+        positions = dict(self._next)
+        positions.update(self.batcher.pending_positions())
+        return positions
 
     def checkpoint_offsets(self) -> dict[int, int]:
-        """Per partition, the first offset the tables do not yet reflect."""
-        offsets = dict(self._next)
-        offsets.update(self.batcher.pending_offsets())
-        return offsets
+        """Per partition, the first offset the tables do not wholly reflect (a batch record
+        taken in part is not passed: Kafka may commit up to here)."""
+        return {p: offset for p, (offset, _) in self.checkpoint_positions().items()}
 
     def process(self, records: Sequence[RawRecord]) -> BatchOutput:
         """Train on one micro-batch (as cut by the batcher, or any list of records)."""
+        records = expand(records)  # a no-op for records from accept
         for rec in records:  # records handed in directly, not through accept
-            self._next[rec.partition] = max(self._next.get(rec.partition, 0), rec.offset + 1)
+            self._next[rec.partition] = max(self._next.get(rec.partition, (0, 0)), rec.after())
         out = BatchOutput()
         events: list[Interaction] = []
         produced: list[int] = []
         sources: list[RawRecord] = []
         in_batch: set[str] = set()
+        weights = self.trainer.config.type_weights
         for rec in records:
             try:
-                event = parse_event(rec.value, self.trainer.config.type_weights)
+                event = rec.event(weights)
             except InvalidEvent as err:
                 out.dead_letters.append(rec.reject(err, self.letter_bytes))
                 continue

@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -46,6 +46,8 @@ DEFAULT_TYPE_WEIGHTS: Mapping[str, float] = {
 
 MAX_ID_LEN = 256
 MAX_EVENT_BYTES = 16_384
+# a batch record (a JSON array of events): under Kafka's default max.message.bytes (1 MiB)
+MAX_BATCH_BYTES = 1_000_000
 MAX_DEPTH = 16  # JSON nesting an event may have (an event is flat: 1)
 # ts is seconds since the epoch; above this (the year 2286) it is almost surely milliseconds
 MAX_TS = 1e10
@@ -120,8 +122,9 @@ def _id(raw: Mapping[str, Any], field: str, *, required: bool = True) -> str | N
     control = _CONTROL.search(text)
     if control is not None:
         raise InvalidEvent(
-            f"bad_{field}", f"{field} has a control character "
-            f"U+{ord(control.group()):04X} at character {control.start()}"
+            f"bad_{field}",
+            f"{field} has a control character "
+            f"U+{ord(control.group()):04X} at character {control.start()}",
         )
     return text
 
@@ -132,8 +135,9 @@ def _unicode(text: str, reason: str, what: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         raise InvalidEvent(
-            reason, f"{what} is not valid Unicode: {_short(text[err.start : err.end])} "
-            f"at character {err.start} (a lone surrogate cannot be encoded as UTF-8)"
+            reason,
+            f"{what} is not valid Unicode: {_short(text[err.start : err.end])} "
+            f"at character {err.start} (a lone surrogate cannot be encoded as UTF-8)",
         ) from None
 
 
@@ -142,9 +146,7 @@ def _number(raw: Mapping[str, Any], field: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidEvent(
-            f"bad_{field}", f"{field} must be a number, got {type(value).__name__}"
-        )
+        raise InvalidEvent(f"bad_{field}", f"{field} must be a number, got {type(value).__name__}")
     try:
         number = float(value)  # an integer literal of any length: OverflowError past 1e308
     except OverflowError:
@@ -252,6 +254,77 @@ def decode_json(
     if brackets > max_depth:  # deep enough to check (a flat event has one)
         _check_depth(value, max_depth)
     return value
+
+
+def pack_events(events: Sequence[Interaction]) -> bytes:
+    """Events as one batch record: a JSON array of the events' own JSON objects. The worker
+    reads it as the events one by one (each validated, de-duplicated and dead-lettered on
+    its own); a producer keeps it under ``MAX_BATCH_BYTES``.
+
+    >>> events = [Interaction("e1", "u", "i", "view", 1.0), Interaction("e2", "u", "j", "like", 2)]
+    >>> [validate_event(raw).event_id for raw in decode_batch(pack_events(events))]
+    ['e1', 'e2']
+    """
+    return b"[" + b",".join(e.to_json() for e in events) + b"]"
+
+
+def is_batch(payload: bytes | None) -> bool:
+    """Whether a record claims to be a batch: its value is a JSON array (an event is an
+    object, so no valid single event looks like one)."""
+    return payload is not None and payload.lstrip(b" \t\r\n")[:1] == b"["
+
+
+def decode_batch(payload: bytes | None) -> list[Any]:
+    """The decoded elements of a batch record, or :class:`InvalidEvent` for the record as a
+    whole (``bad_json``, ``too_large`` past ``MAX_BATCH_BYTES``, ``too_deep``,
+    ``empty_batch``); each element is still to be validated.
+
+    >>> decode_batch(b"[]")
+    Traceback (most recent call last):
+    ...
+    stream.schemas.InvalidEvent: a batch record holds no events
+    """
+    value = _guarded(lambda: decode_json(payload, MAX_BATCH_BYTES, MAX_DEPTH + 1))
+    if not isinstance(value, list):
+        raise InvalidEvent("not_a_batch", f"a batch record is a JSON array, got {_short(value)}")
+    if not value:
+        raise InvalidEvent("empty_batch", "a batch record holds no events")
+    return value
+
+
+def valid_events(
+    payload: bytes | None, event_types: Mapping[str, float] = DEFAULT_TYPE_WEIGHTS
+) -> list[Interaction]:
+    """The valid events of one record, a single event or a batch record, leaving out the
+    invalid ones (for readers of the topic other than the worker, which dead-letters them).
+
+    >>> one = b'{"event_id":"a","user_id":"u","item_id":"i","type":"view","ts":1}'
+    >>> [e.event_id for e in valid_events(b"[" + one + b", 7]")]
+    ['a']
+    """
+    try:
+        if not is_batch(payload):
+            return [parse_event(payload, event_types)]
+        elements = decode_batch(payload)
+    except InvalidEvent:
+        return []
+    events = []
+    for raw in elements:
+        try:
+            events.append(validate_event(raw, event_types))
+        except InvalidEvent:
+            continue
+    return events
+
+
+def element_bytes(value: Any) -> bytes:
+    """One decoded element of a batch record as JSON bytes again (for its dead letter)."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8", "surrogatepass"
+        )
+    except Exception:  # noqa: BLE001 - the letter keeps what can be shown
+        return _clean(repr(value)).encode()
 
 
 def _check_depth(value: Any, max_depth: int) -> None:

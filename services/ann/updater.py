@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from services.api.metrics import ServingMetrics
 from services.api.state import ServingState
-from stream.schemas import InvalidEvent, parse_event, training_weight
+from stream.schemas import training_weight, valid_events
 from stream.topics import Topics
 from stream.vectors import VectorRecord
 
@@ -227,11 +227,8 @@ class VectorTailer(threading.Thread):
 
     def _apply_events(self, records: list) -> None:  # type: ignore[type-arg]
         pairs, positives, kinds = [], [], Counter[str]()
-        for rec in records:
-            try:
-                event = parse_event(rec.value)
-            except InvalidEvent:  # the worker dead-letters it; here it is simply not seen
-                continue
+        # invalid events are the worker's to dead-letter; here they are simply not seen
+        for event in (e for rec in records for e in valid_events(rec.value)):
             pairs.append((event.user_id, event.item_id))
             if training_weight(event) > 0:  # what popularity counts, as the evaluator does
                 positives.append(event.item_id)

@@ -164,3 +164,53 @@ def test_item_content_and_generated_titles_reach_the_items_topic(learnt: LocalPi
     found = next((json.loads(r.value) for r in consumer if r.key == info.item_id.encode()), None)
     consumer.close()
     assert found == {"item_id": info.item_id, "title": info.title, "tags": list(info.tags)}
+
+
+def test_the_sdk_packs_events_into_batch_records_in_user_order(learnt: LocalPipeline) -> None:
+    """The learnt history went out as batch records: fewer records than events, each one
+    partition's events, every user's events on its key's partition and in the order sent;
+    and one event alone leaves after the linger, with no flush."""
+    from kafka.partitioner.default import murmur2
+
+    topic = learnt.config.topics.interactions
+    consumer = KafkaConsumer(bootstrap_servers=learnt.bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    records = []
+    for _ in range(200):  # bounded: stops once a poll brings nothing more
+        got = consumer.poll(timeout_ms=500, max_records=10_000)
+        if not got and records:
+            break
+        records.extend(r for batch in got.values() for r in batch)
+    mine = {e.event_id for e in HISTORY}
+    per_user: dict[str, list[str]] = {}
+    packed = 0
+    for rec in records:
+        if rec.value is None or not rec.value.startswith(b"["):  # the other tests' records
+            continue
+        body = json.loads(rec.value)
+        packed += 1
+        for event in body:
+            if event["event_id"] in mine:
+                user = event["user_id"]
+                assert (murmur2(user.encode()) & 0x7FFFFFFF) % len(tps) == rec.partition
+                per_user.setdefault(user, []).append(event["event_id"])
+    expected: dict[str, list[str]] = {}
+    for e in HISTORY:
+        expected.setdefault(e.user_id, []).append(e.event_id)
+    assert per_user == expected  # every event once, each user's in the order sent
+    assert packed < len(HISTORY) / 10
+
+    producer = EventProducer(learnt.bootstrap, learnt.config.topics, linger_ms=5)
+    try:
+        before = consumer.end_offsets(tps)
+        producer.send(Interaction("lone-1", "lone-user", "i1", "click", 2e9))  # and no flush
+        moved = lambda: [tp for tp in tps if consumer.end_offsets([tp])[tp] > before[tp]]  # noqa: E731
+        (tp,) = wait_for(moved, timeout=10)
+        consumer.seek(tp, before[tp])
+        (rec,) = consumer.poll(timeout_ms=5000)[tp]
+        assert [e["event_id"] for e in json.loads(rec.value)] == ["lone-1"]
+    finally:
+        producer.close()
+        consumer.close()
