@@ -160,7 +160,7 @@ def test_the_panels_show_what_happened(observed: tuple[LocalPipeline, LocalProme
         return {s["metric"].get(label, ""): float(s["value"][1]) for s in prom.query(expr)}
 
     reasons = by("sum by (reason) (streambed_worker_dead_letters_total)", "reason")
-    assert {"bad_json", "missing_user_id", "not_an_object"} <= set(reasons), reasons
+    assert {"bad_json", "missing_user_id", "empty_batch"} <= set(reasons), reasons
     consumed = by("sum by (type) (streambed_worker_events_total)", "type")
     assert sum(consumed.values()) >= 3000 and consumed["click"] > 0
     lag = by("sum by (partition) (streambed_worker_consumer_lag_records)", "partition")

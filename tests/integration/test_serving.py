@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
 from prometheus_client import CollectorRegistry
 
 from services.ann.index import IndexConfig
@@ -25,6 +26,7 @@ from services.api.seen import SeenItems
 from services.api.state import ServingState
 from services.kafka.topics import ensure_topics
 from services.producer import EventProducer
+from stream.schemas import valid_events
 from stream.topics import Topics
 from stream.vectors import VectorRecord
 
@@ -178,10 +180,13 @@ def test_the_gateway_produces_to_kafka_and_the_replica_learns_what_was_seen(
     parts = [TopicPartition(topics.interactions, p) for p in range(2)]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
-    got = [(r.key, json.loads(r.value), r.timestamp) for r in consumer]
+    got = [(r.partition, e, r.timestamp) for r in consumer for e in valid_events(r.value)]
     consumer.close()
-    assert sorted(body["event_id"] for _, body, _ in got) == ["g0", "g1", "g2"]
-    assert all(key == b"u1" and ts / 1000 >= sent_at - 1 for key, _, ts in got)
+    assert sorted(e.event_id for _, e, _ in got) == ["g0", "g1", "g2"]
+    # packed into batch records on u1's partition (the SDK's, as a keyed record would be)
+    (partition,) = {p for p, _, _ in got}
+    assert partition == (murmur2(b"u1") & 0x7FFFFFFF) % 2
+    assert all(e.user_id == "u1" and ts / 1000 >= sent_at - 1 for _, e, ts in got)
 
 
 def test_a_save_older_than_the_seen_window_still_loads_and_reads_on_from_its_offset(
