@@ -44,7 +44,7 @@ from stream.training import ITEMS, USERS, OnlineTrainer, StepStats
 from stream.vectors import VectorRecord
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ cost 2.3 µs, this 0.7
 class RawRecord:
     """One Kafka record as the worker saw it, or one event of a batch record; ``timestamp_ms``
     is its Kafka timestamp (the broker's append time on the ``interactions`` topic the
