@@ -36,6 +36,7 @@ from stream.batching import BATCH_MS, BATCH_SIZE
 from stream.checkpoint import commit_checkpoint
 from stream.core import BatchOutput, RawRecord, WorkerCore
 from stream.metrics import WorkerMetrics
+from stream.outbox import Outbox
 from stream.topics import Topics
 from stream.training import ITEMS, USERS, TrainConfig
 
@@ -50,6 +51,10 @@ class WorkerConfig:
     batch_size: int = BATCH_SIZE
     batch_ms: int = BATCH_MS
     idle_grace_ms: int = 200
+    # vectors of consecutive micro-batches are published together, the last version of each
+    # row only, after at most this long (and at the end of every fetch and before any
+    # checkpoint): under a backlog that sends each popular row once, not once a batch
+    publish_ms: int = 100
     checkpoint_seconds: float = 1.0
     # how long the group waits for a member that died without leaving (kill -9) before
     # handing its partitions to a restarted worker; faust's default is 60 s
@@ -338,13 +343,35 @@ def build_app(
                           (topics.user_vectors, out.evicted_users)):  # fmt: skip
             for key in ids:  # a tombstone: compaction forgets the id, replicas drop it
                 await send(kind, key.encode(), None)
+        record_published(metrics, out)
 
-    async def run(batches: list[list[RawRecord]]) -> None:
+    outbox = Outbox()
+
+    async def run(batches: list[list[RawRecord]], stream: faust.StreamT | None = None) -> None:
+        """Train on ``batches``; their output is all sent when this returns. With ``stream``,
+        checkpoint between them when one is due (a fetch of batch records may hold many)."""
+        since = time.monotonic()
         for batch in batches:
             started = time.perf_counter()
             out = process_safely(core, batch, settler)
-            await publish(out)
+            outbox.add(out, len(batch))
             record_metrics(metrics, core, out, len(batch), time.perf_counter() - started)
+            if time.monotonic() - since >= config.publish_ms / 1000:
+                await send_outbox()
+                since = time.monotonic()
+            if stream is not None and settler.due():
+                await send_outbox()
+                await settler.settle(stream, app)
+            await asyncio.sleep(0)  # the producer's sender and the consumer share this loop
+        await send_outbox()
+
+    async def send_outbox() -> None:
+        merged = outbox.merged
+        outbox.merged = 0
+        if merged:
+            metrics.vectors_coalesced.inc(merged)
+        if outbox:
+            await publish(outbox.take())
 
     @app.agent(interactions)
     async def train(stream: faust.StreamT) -> None:  # pragma: no cover - exercised via Kafka
@@ -368,7 +395,7 @@ def build_app(
                     if replayed:
                         metrics.replayed.inc(replayed)
                     settler.unacked.extend(events)
-                    await run(batches)
+                    await run(batches, stream)
                     lag.processed(events)
                     if settler.due():
                         await settler.settle(stream, app)
@@ -489,6 +516,14 @@ def process_safely(core: WorkerCore, records: list[RawRecord], settler: Settler)
         return core.process(records)
 
 
+def record_published(metrics: WorkerMetrics, out: BatchOutput) -> None:
+    """Count what one publication sent (after the outbox merged its batches)."""
+    metrics.vectors_published.labels(kind="item").inc(len(out.items))
+    metrics.vectors_published.labels(kind="user").inc(len(out.users))
+    metrics.evictions_published.labels(kind="item").inc(len(out.evicted_items))
+    metrics.evictions_published.labels(kind="user").inc(len(out.evicted_users))
+
+
 def record_metrics(
     metrics: WorkerMetrics, core: WorkerCore, out: BatchOutput, n: int, seconds: float
 ) -> None:
@@ -506,13 +541,9 @@ def record_metrics(
         metrics.loss.set(out.loss)
     if out.oldest_event_ms is not None:
         metrics.event_age_seconds.observe(max(0.0, time.time() - out.oldest_event_ms / 1000))
-    metrics.vectors_published.labels(kind="item").inc(len(out.items))
-    metrics.vectors_published.labels(kind="user").inc(len(out.users))
     if out.aged:
         metrics.velocity_republished.inc(out.aged)
     if out.unadmitted:
         metrics.unadmitted.inc(out.unadmitted)
-    metrics.evictions_published.labels(kind="item").inc(len(out.evicted_items))
-    metrics.evictions_published.labels(kind="user").inc(len(out.evicted_users))
     metrics.rows.labels(table=USERS).set(core.trainer.ps.size(USERS))
     metrics.rows.labels(table=ITEMS).set(core.trainer.ps.size(ITEMS))

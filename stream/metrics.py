@@ -30,6 +30,7 @@ class WorkerMetrics:
     event_age_seconds: Histogram
     loss: Gauge
     vectors_published: Counter
+    vectors_coalesced: Counter
     velocity_republished: Counter
     rows: Gauge
     unadmitted: Counter
@@ -63,6 +64,10 @@ class WorkerMetrics:
             loss=Gauge(f"{p}_training_loss", "Loss of the last micro-batch", registry=r),
             vectors_published=Counter(f"{p}_vectors_published", "Vectors written", ["kind"],
                                       registry=r),
+            vectors_coalesced=Counter(
+                f"{p}_vectors_coalesced",
+                "Vector versions not published: a later micro-batch changed the row again "
+                "before the publication (or evicted it)", registry=r),
             velocity_republished=Counter(
                 f"{p}_velocity_republished_items",
                 "Item vectors published again with no event of their own: their velocity "

@@ -1,0 +1,57 @@
+"""The outbox publishes less, and a replica ends with the same rows."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.core import BatchOutput
+from stream.outbox import Outbox
+from stream.vectors import VectorRecord
+
+KEYS = st.sampled_from(["a", "b", "c", "d"])
+STEP = st.tuples(st.lists(st.tuples(KEYS, st.integers(0, 50))), st.lists(KEYS))
+
+
+def output(n: int, step: tuple[list[tuple[str, int]], list[str]]) -> BatchOutput:
+    vectors, evicted = step
+    recs = {k: VectorRecord(k, np.full(2, n, np.float32), n, ms) for k, ms in vectors}
+    gone = [k for k in dict.fromkeys(evicted) if k not in recs]
+    return BatchOutput(items=list(recs.values()), evicted_items=gone)
+
+
+def replica(outputs: list[BatchOutput]) -> dict[str, float]:
+    rows: dict[str, float] = {}
+    for out in outputs:  # a replica applies vectors, then tombstones, as the worker sends them
+        rows.update({r.key: float(r.vector[0]) for r in out.items})
+        for key in out.evicted_items:
+            rows.pop(key, None)
+    return rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(STEP, max_size=8), st.lists(st.booleans(), min_size=8, max_size=8))
+def test_any_grouping_leaves_the_replica_with_the_same_rows(steps, cuts) -> None:  # type: ignore[no-untyped-def]
+    outputs = [output(n, s) for n, s in enumerate(steps)]
+    box, published = Outbox(), []
+    for out, cut in zip(outputs, cuts, strict=False):
+        box.add(out, events=1)
+        if cut:
+            published.append(box.take())
+    published.append(box.take())
+    assert replica(published) == replica(outputs)
+    sent = sum(len(o.items) + len(o.evicted_items) for o in published)
+    assert sent + box.merged == sum(len(o.items) + len(o.evicted_items) for o in outputs)
+    for out in published:  # each key once per publication
+        keys = [r.key for r in out.items] + out.evicted_items
+        assert len(keys) == len(set(keys))
+
+
+def test_a_merged_vector_keeps_the_earliest_event_time() -> None:
+    box = Outbox()
+    box.add(output(0, ([("a", 0)], [])), events=1)  # changed as a negative: no event time
+    box.add(output(1, ([("a", 700)], [])), events=1)
+    box.add(output(2, ([("a", 300)], [])), events=1)
+    (rec,) = box.take().items
+    assert (rec.event_ms, rec.updates, box.merged) == (300, 2, 2)
