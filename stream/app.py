@@ -56,6 +56,9 @@ class WorkerConfig:
     # checkpoint): under a backlog that sends each popular row once, not once a batch
     publish_ms: int = 100
     checkpoint_seconds: float = 1.0
+    # how long a fetch may wait at the broker for data (faust fixes aiokafka's at 1500 ms:
+    # see prompt_fetches)
+    fetch_max_wait_ms: int = 100
     # how long the group waits for a member that died without leaving (kill -9) before
     # handing its partitions to a restarted worker; faust's default is 60 s
     session_timeout_s: float = 10.0
@@ -306,6 +309,7 @@ def build_app(
     """The worker app. ``encode``: embed the ``items`` topic's content (None: ignore it).
     ``initial``: vectors to publish once at start (a fresh bootstrap's). ``settler``: the
     checkpointer (made here by default; pass one to learn afterwards whether it halted)."""
+    prompt_fetches(config.fetch_max_wait_ms)
     app = faust.App(config.app_id, **config.faust_settings())
     topics = config.topics
     interactions = app.topic(topics.interactions, key_type=bytes, value_type=bytes)
@@ -492,6 +496,31 @@ def build_app(
         log.info("final checkpoint at %s", offsets)
 
     return app
+
+
+def prompt_fetches(wait_ms: int) -> None:
+    """Make faust's consumers long-poll the broker for at most ``wait_ms``.
+
+    faust-streaming builds its aiokafka consumer with ``fetch_max_wait_ms=1500``, a literal
+    with no setting. aiokafka keeps one fetch in flight per broker, for the partitions with
+    nothing buffered; a partition drained meanwhile waits for that fetch to come back, up
+    to the full wait when the others are quiet. Paced at 2,000 ev/s over 4 partitions that
+    put 40% of micro-batches 1-2.5 s behind: freshness p99 2.08 / 2.00 s at 1,500 ms
+    against 0.62 / 0.91 s at 100 ms and 0.96 / 1.16 s at 300 ms (two runs each). Set on the
+    consumer before faust starts it (aiokafka reads it in ``start``).
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    original = getattr(thread, "_streambed_original", thread._create_worker_consumer)
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = wait_ms
+        return consumer
+
+    thread._streambed_original = original  # type: ignore[attr-defined]
+    thread._create_worker_consumer = create  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

@@ -72,3 +72,23 @@ def test_replica_lag_per_topic_partition() -> None:
     assert registry.get_sample_value("streambed_api_consumer_lag_records", labels) == 30
     labels = {"topic": "user-vectors", "partition": "0"}
     assert registry.get_sample_value("streambed_api_consumer_lag_records", labels) is None
+
+
+def test_faust_consumers_long_poll_for_the_configured_wait_only() -> None:
+    """faust hard-codes a 1,500 ms fetch wait; the worker's consumer gets its own (no broker
+    is contacted: aiokafka connects in start)."""
+    import asyncio
+
+    import faust
+
+    from stream.app import prompt_fetches
+
+    async def build() -> int:
+        prompt_fetches(123)
+        prompt_fetches(77)  # again: wraps faust's method once, the last wait wins
+        app = faust.App("lag-test", broker="kafka://127.0.0.1:1", web_enabled=False)
+        thread = app.consumer._new_consumer_thread()  # type: ignore[attr-defined]
+        consumer = thread._create_worker_consumer(app.transport)
+        return int(consumer._fetch_max_wait_ms)
+
+    assert asyncio.run(build()) == 77
