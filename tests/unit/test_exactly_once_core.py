@@ -131,12 +131,15 @@ def test_crashes_at_random_points_end_in_the_tables_of_an_uninterrupted_run(pack
 
 def test_delivery_grouping_does_not_change_the_tables() -> None:
     recs = records()[:1500]
-    a, b = fresh_core(), fresh_core()
-    feed(a, recs, chunk=1)
-    feed(b, recs, chunk=500)
-    finish(a)
-    finish(b)
-    assert snapshot(a) == snapshot(b)
+    assert tables_after(recs, chunk=1) == tables_after(recs, chunk=500)
+
+
+def tables_after(recs: list[RawRecord], chunk: int) -> dict[str, object]:
+    """The tables a fresh core ends with, fed ``recs`` in fetches of ``chunk``."""
+    core = fresh_core()
+    feed(core, recs, chunk)
+    finish(core)
+    return snapshot(core)
 
 
 def test_restore_refuses_another_topic_and_a_remote_ps() -> None:
@@ -184,12 +187,7 @@ def test_a_batch_record_is_its_events_one_by_one() -> None:
             (rec, event) for rec in good for event in json.loads(rec.value or b"")
         )
     ]
-    single, batched = fresh_core(), fresh_core()
-    feed(single, one_by_one, chunk=50)
-    feed(batched, good, chunk=7)
-    finish(single)
-    finish(batched)
-    assert snapshot(single) == snapshot(batched)
+    assert tables_after(one_by_one, chunk=50) == tables_after(good, chunk=7)
 
     core = fresh_core()
     ev = recs[0].value
