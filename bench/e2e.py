@@ -11,7 +11,10 @@ One run, one machine, one broker:
 * paced: streams sent at each of ``--rates`` (``streambed replay``'s pacing), each
   for ``--paced-seconds``, so freshness (event produced -> its vector searchable) is
   measured at a steady rate; the highest rate whose freshness p99 stays under 1 s is
-  the sustained rate.
+  the sustained rate;
+* lone events: ``--lone`` single events, each sent and flushed once the previous one is
+  searchable and the stream has been quiet for a second (the quiet path: the batcher's
+  idle cut, not throughput).
 
 Usage: ``python -m bench.e2e [--events 20000] [--rates 500 1000 2000] [--paced-seconds 15]``
 """
@@ -111,6 +114,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 paced.append({"target_eps": rate, "achieved_eps": report.rate,
                               "freshness_s": fresh})  # fmt: skip
                 print(f"paced {rate}/s: sent at {report.rate:.0f}/s, freshness {fresh}", flush=True)
+            lone_fresh = lone_events(pipe, producer, args.lone, args.seed + 1 + len(args.rates))
+            consumed += args.lone
     sustained = [p["achieved_eps"] for p in paced if (p["freshness_s"]["p99"] or 99) < 1.0]
     return {
         "events": len(history),
@@ -122,7 +127,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "drain_freshness_s": drain_fresh,
         "paced": paced,
         "highest_rate_with_p99_under_1s": max(sustained, default=None),
+        "lone_events_freshness_s": lone_fresh,
     }
+
+
+def lone_events(pipe: LocalPipeline, producer: EventProducer, n: int, seed: int) -> Any:
+    """Freshness of ``n`` events sent one at a time into a quiet pipeline (bounded: 10 s
+    per event at most)."""
+    t0 = time.time()
+    for event in events(seed, n):
+        time.sleep(1.0)  # quiet: the batcher's window and idle grace have long passed
+        done = pipe.worker_metric("streambed_worker_events_total")
+        producer.send(event)
+        producer.flush()
+        wait_drained(pipe, int(done) + 1, timeout=10)
+    return pipe.get(f"/stats?since={t0}")["freshness_seconds"]
 
 
 def main() -> None:
@@ -130,6 +149,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rates", type=float, nargs="+", default=[500.0, 1000.0, 2000.0])
     parser.add_argument("--paced-seconds", type=float, default=15.0)
+    parser.add_argument("--lone", type=int, default=20, help="single events on a quiet stream")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -158,6 +178,7 @@ def main() -> None:
     for p in result["paced"]:
         print(f"freshness paced at {p['achieved_eps']:>5.0f} ev/s         : "
               f"{pct(p['freshness_s'])}")  # fmt: skip
+    print(f"freshness of lone events (quiet)   : {pct(result['lone_events_freshness_s'])}")
     best = result["highest_rate_with_p99_under_1s"]
     print("highest paced rate with freshness p99 < 1 s: "
           + ("none of those tried" if best is None else f"{best:.0f} ev/s"))  # fmt: skip

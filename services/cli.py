@@ -702,7 +702,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument(
         "--idle-grace-ms",
         type=int,
-        default=200,
+        default=50,
         help="close a quiet stream's last batch this long after its window",
     )
     w.add_argument(
