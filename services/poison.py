@@ -56,6 +56,7 @@ def poison(tag: str = "p") -> list[tuple[str, bytes | None, str]]:
         # a JSON array is a batch record: these fail as a whole (its events each on their own)
         ("empty_batch", b"[]", "empty_batch"),
         ("batch_bad_json", b'[{"event_id": "x", "user_id"', "bad_json"),
+        ("batch_of_20k_ones", b"[" + b",".join([b"1"] * 20_000) + b"]", "too_many_events"),
         ("string", b'"hello"', "not_an_object"),
         ("nan_ts", raw(event_id=f"{tag}-nan").replace(b"1.5", b"NaN"), "bad_ts"),
         ("inf_weight", raw(event_id=f"{tag}-inf", weight=1).replace(b'"weight": 1',

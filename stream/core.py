@@ -32,6 +32,7 @@ from stream.schemas import (
     LETTER_PAYLOAD_BYTES,
     Interaction,
     InvalidEvent,
+    Refused,
     dead_letter,
     decode_batch,
     element_bytes,
@@ -117,6 +118,9 @@ def expand(records: Iterable[RawRecord]) -> list[RawRecord]:
         common = (rec.timestamp_ms, rec.partition, rec.offset, rec.key)
         out.extend(
             RawRecord(None, *common, index=n, last=n == last, decoded=(element,))
+            if not isinstance(element, Refused)
+            else RawRecord(None, *common, index=n, last=n == last, decoded=(element.value,),
+                           refused=element.error)  # fmt: skip
             for n, element in enumerate(elements)
         )
     return out

@@ -48,6 +48,9 @@ MAX_ID_LEN = 256
 MAX_EVENT_BYTES = 16_384
 # a batch record (a JSON array of events): under Kafka's default max.message.bytes (1 MiB)
 MAX_BATCH_BYTES = 1_000_000
+# ... of at most this many events: each bad element is a dead letter of its own, so without
+# a cap 1 MB of "[1,1,1,...]" would write half a million letters (the SDK packs 500)
+MAX_BATCH_EVENTS = 10_000
 MAX_DEPTH = 16  # JSON nesting an event may have (an event is flat: 1)
 # ts is seconds since the epoch; above this (the year 2286) it is almost surely milliseconds
 MAX_TS = 1e10
@@ -263,7 +266,7 @@ def decode_json(
         brackets = payload.count(b"[") + payload.count(b"{")
     else:
         brackets = payload.count("[") + payload.count("{")
-    if brackets > max_depth and not _flat_batch(value, brackets):  # deep enough to check
+    if brackets > max_depth:  # deep enough to check (a flat event has one)
         _check_depth(value, max_depth)
     return value
 
@@ -302,21 +305,47 @@ def is_batch(payload: bytes | None) -> bool:
     return payload is not None and payload.lstrip(b" \t\r\n")[:1] == b"["
 
 
+@dataclass(frozen=True)
+class Refused:
+    """An element of a batch record refused before validation, with why."""
+
+    error: InvalidEvent
+    value: Any
+
+
 def decode_batch(payload: bytes | None) -> list[Any]:
     """The decoded elements of a batch record, or :class:`InvalidEvent` for the record as a
-    whole (``bad_json``, ``too_large`` past ``MAX_BATCH_BYTES``, ``too_deep``,
-    ``empty_batch``); each element is still to be validated.
+    whole (``bad_json``, ``too_large`` past ``MAX_BATCH_BYTES``, ``too_deep`` past what the
+    JSON parser takes, ``empty_batch``, ``too_many_events`` past ``MAX_BATCH_EVENTS``). An
+    element nested deeper than an event may be is replaced by :class:`Refused` with its own
+    ``too_deep`` (the others stand); each element is still to be validated.
 
     >>> decode_batch(b"[]")
     Traceback (most recent call last):
     ...
     stream.schemas.InvalidEvent: a batch record holds no events
+    >>> [getattr(e, "error", e) for e in decode_batch(b'[1, ' + b"[" * 40 + b"]" * 40 + b"]")]
+    [1, InvalidEvent('JSON nested over 16 levels deep')]
     """
-    value = _guarded(lambda: decode_json(payload, MAX_BATCH_BYTES, MAX_DEPTH + 1))
+    # the depth rule is each element's (a record's parser limit is the whole record's)
+    value = _guarded(lambda: decode_json(payload, MAX_BATCH_BYTES, max_depth=2**31))
     if not isinstance(value, list):
         raise InvalidEvent("not_a_batch", f"a batch record is a JSON array, got {_short(value)}")
     if not value:
         raise InvalidEvent("empty_batch", "a batch record holds no events")
+    if len(value) > MAX_BATCH_EVENTS:
+        raise InvalidEvent(
+            "too_many_events", f"a batch record holds {len(value)} events, limit {MAX_BATCH_EVENTS}"
+        )
+    assert payload is not None  # decode_json refused None
+    brackets = payload.count(b"[") + payload.count(b"{")
+    if brackets > MAX_DEPTH and not _flat_batch(value, brackets):
+        for n, element in enumerate(value):
+            if isinstance(element, (dict, list)):
+                try:
+                    _check_depth(element, MAX_DEPTH)
+                except InvalidEvent as err:
+                    value[n] = Refused(err, element)
     return value
 
 
@@ -338,6 +367,8 @@ def valid_events(
         return []
     events = []
     for raw in elements:
+        if isinstance(raw, Refused):
+            continue
         try:
             events.append(validate_event(raw, event_types))
         except InvalidEvent:
@@ -348,11 +379,14 @@ def valid_events(
 def element_bytes(value: Any) -> bytes:
     """One decoded element of a batch record as JSON bytes again (for its dead letter)."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8", "surrogatepass"
-        )
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return text.encode("utf-8", "surrogatepass")
     except Exception:  # noqa: BLE001 - the letter keeps what can be shown
+        pass
+    try:
         return _clean(repr(value)).encode()
+    except Exception:  # noqa: BLE001 - e.g. RecursionError: nothing to show but the reason
+        return b"<an element that cannot be shown>"
 
 
 def _check_depth(value: Any, max_depth: int) -> None:

@@ -23,6 +23,7 @@ from stream.checkpoint import commit_checkpoint, restore
 from stream.core import RawRecord, WorkerCore
 from stream.schemas import (
     LETTER_MAX_BYTES,
+    MAX_BATCH_BYTES,
     Interaction,
     InvalidEvent,
     dead_letter,
@@ -198,6 +199,22 @@ def test_fuzz_near_valid_events_into_the_core(payloads: list[bytes | None]) -> N
 
 
 @FUZZ
+@given(st.lists(near_valid(), min_size=1, max_size=8), st.integers(0, 9))
+def test_fuzz_near_valid_events_in_a_batch_record(payloads: list[bytes], at: int) -> None:
+    """Each element is accepted, a duplicate or its own letter; the record ends wholly taken."""
+    core = WorkerCore(OnlineTrainer.create(CFG))
+    elements = [good(0), *payloads, good(1)]
+    body = b"[" + b",".join(elements) + b"]"
+    out = core.process([RawRecord(body, 1000, partition=0, offset=at)])
+    assert out.accepted + out.duplicates + len(out.dead_letters) == len(elements)
+    for letter in out.dead_letters:
+        assert len(letter.payload) <= LETTER_MAX_BYTES
+        assert json.loads(letter.payload)["offset"] == at
+    assert core.checkpoint_positions() == {0: (at + 1, 0)}
+    commit_checkpoint(core, MemoryStore(), "t")
+
+
+@FUZZ
 @given(near_valid())
 def test_fuzz_the_validator_raises_invalid_event_only(payload: bytes) -> None:
     try:
@@ -270,7 +287,7 @@ def test_the_gateway_answers_every_poison_4xx_with_its_reason(gateway) -> None: 
         got = response.json()
         reasons = [r["reason"] for r in got["rejected"]] or [got.get("reason")]
         # the body's reason or its own (a batch record's "[]" is, in a body, a non-object event)
-        if reason in ("bad_json", "too_deep", "not_an_object", "empty_batch"):
+        if reason in ("bad_json", "too_deep", "not_an_object", "empty_batch", "too_many_events"):
             assert reasons[0] in (reason, "bad_json", "too_deep", "not_an_object", None), (
                 name,
                 got,
@@ -438,3 +455,27 @@ def test_any_error_escaping_an_agent_halts_the_worker() -> None:
     with pytest.raises(WorkerHalted, match="the agent failed: KeyError"), guard:
         raise KeyError("metrics label")
     assert settler.halted and stopped == [True] and metrics.halted._value.get() == 1
+
+
+@pytest.mark.parametrize(("name", "payload", "reason"), poison(), ids=[p[0] for p in poison()])
+def test_poison_inside_a_batch_record_is_that_elements_letter(
+    name: str, payload: bytes | None, reason: str
+) -> None:
+    """Every poison that still parses as JSON, put among 20 good events in one batch record:
+    the good ones all train, and the poison is at most its own letter, at its index."""
+    if payload is None:
+        return
+    goods = [good(n) for n in range(20)]
+    body = b"[" + b",".join([*goods[:10], payload, *goods[10:]]) + b"]"
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return  # not JSON as a whole: the record is one letter (test_each_poison_...)
+    if len(body) > MAX_BATCH_BYTES:
+        return  # too large as a whole: the record is one letter
+    core = WorkerCore(OnlineTrainer.create(CFG))
+    out = core.process([RawRecord(body, 1000, partition=0, offset=5)])
+    letters = [json.loads(d.payload) for d in out.dead_letters]
+    assert out.accepted + len(letters) == 21 and out.accepted >= 20, (name, letters)
+    assert all((x["offset"], x["index"]) == (5, 10) for x in letters), (name, letters)
+    assert core.checkpoint_positions() == {0: (6, 0)}
