@@ -402,13 +402,23 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def pack_arg(parser: argparse.ArgumentParser) -> None:
+    from stream.schemas import PACK
+
+    parser.add_argument(
+        "--pack", type=int, default=PACK, metavar="N",
+        help=f"events per batch record at most (default {PACK}; 1: one record per event, "
+        "as a producer that does not pack would send them)",
+    )  # fmt: skip
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from services.producer import EventProducer
 
     source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
-    with source, EventProducer(args.bootstrap, _topics(args)) as producer:
+    with source, EventProducer(args.bootstrap, _topics(args), pack=args.pack) as producer:
         report = producer.send_lines(tqdm(source, desc="events", unit="ev", disable=args.quiet))
     dead = sum(report.dead_lettered.values())
     print(f"sent {report.sent} events; {dead} dead-lettered {dict(report.dead_lettered)}")
@@ -464,7 +474,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"replay: no API at {args.api}; freshness will not be reported", file=sys.stderr)
     started = time.time()
     with (
-        EventProducer(args.bootstrap, topics) as producer,
+        EventProducer(args.bootstrap, topics, pack=args.pack) as producer,
         tqdm(total=total, desc="replay", unit="ev", disable=args.quiet, smoothing=0.1) as bar,
     ):
         report = replay(schedule(records, pace), producer, duration=args.duration, progress=bar)
@@ -839,6 +849,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     p = sub.add_parser("produce", help="send JSON-lines events from a file or stdin")
     kafka_args(p)
     p.add_argument("file", help="path, or - for stdin")
+    pack_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_produce)
 
@@ -860,6 +871,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
         help="after sending, wait up to this long for the lag to reach 0",
     )
     r.add_argument("--json", help="also write the report here")
+    pack_arg(r)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_replay)
 

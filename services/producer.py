@@ -33,6 +33,7 @@ from kafka.producer.future import FutureRecordMetadata
 
 from stream.schemas import (
     MAX_BATCH_BYTES,
+    PACK,
     Interaction,
     InvalidEvent,
     dead_letter,
@@ -40,8 +41,6 @@ from stream.schemas import (
     validate_event,
 )
 from stream.topics import Topics
-
-PACK = 500  # events per batch record at most (the worker's micro-batch is 256 events)
 
 
 @dataclass

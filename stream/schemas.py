@@ -51,6 +51,7 @@ MAX_BATCH_BYTES = 1_000_000
 # ... of at most this many events: each bad element is a dead letter of its own, so without
 # a cap 1 MB of "[1,1,1,...]" would write half a million letters (the SDK packs 500)
 MAX_BATCH_EVENTS = 10_000
+PACK = 500  # what the SDK packs into one batch record at most, by default
 MAX_DEPTH = 16  # JSON nesting an event may have (an event is flat: 1)
 # ts is seconds since the epoch; above this (the year 2286) it is almost surely milliseconds
 MAX_TS = 1e10

@@ -74,11 +74,19 @@ def test_produce_sends_valid_lines_and_dead_letters_the_rest(
 
     sent = [e for value in read(f"{prefix}interactions") for e in valid_events(value)]
     assert len(sent) == 50  # in batch records: the SDK packs them
+    assert all(value.startswith(b"[") for value in read(f"{prefix}interactions"))
+
     letters = [json.loads(v) for v in read(f"{prefix}interactions.dlq")]
     assert sorted((d["reason"], d["line"], d["source"]) for d in letters) == [
         ("bad_json", 51, "producer"),
         ("bad_type", 53, "producer"),
     ]
+
+    one_each = streambed("produce", *kafka, "--quiet", "--pack", "1", str(events))
+    assert one_each.returncode == 0, one_each.stderr
+    values = read(f"{prefix}interactions")
+    singles = [v for v in values if v.startswith(b"{")]
+    assert len(singles) == 50 and len(values) < 100  # 50 one-event records after the packed
 
 
 def test_replay_paces_events_and_reports_rate_lag_and_freshness(
