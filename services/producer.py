@@ -36,6 +36,7 @@ from stream.schemas import (
     PACK,
     Interaction,
     InvalidEvent,
+    batch_record,
     dead_letter,
     parse_event,
     validate_event,
@@ -100,46 +101,40 @@ class EventProducer:
         """Validate and send one event (asynchronously: ``flush`` waits for its delivery)."""
         if not isinstance(event, Interaction):
             event = validate_event(event)
-        key, body = event.user_id.encode(), event.to_json()
-        if self.pack == 1:
-            self._producer.send(self.topics.interactions, key=key, value=body)
-            return
-        partition = self._partition(key)
         with self._lock:
-            packed = self._packs.get(partition)
-            if packed is not None and packed.size + len(body) + 1 > MAX_BATCH_BYTES:
-                self._send_pack(partition)
-                packed = None
-            if packed is None:
-                packed = self._packs[partition] = _Packed(time.monotonic())
-                self._start_lingering()
-            packed.bodies.append(body)
-            packed.size += len(body) + (len(packed.bodies) > 1)
-            if len(packed.bodies) >= self.pack:
-                self._send_pack(partition)
+            self._add(event)
 
     def deliver(self, events: Sequence[Interaction], timeout: float = 10.0) -> None:
         """Send validated events and wait until the broker has acknowledged every one
         (raises the first delivery error)."""
-        futures: list[FutureRecordMetadata] = []
-        if self.pack == 1:
-            futures = [self._producer.send(self.topics.interactions, key=e.user_id.encode(),
-                                           value=e.to_json()) for e in events]  # fmt: skip
-        else:
-            with self._lock:
-                for partition in list(self._packs):  # events sent before these go first
-                    self._send_pack(partition)
-                by_partition: dict[int, list[bytes]] = {}
-                for e in events:
-                    by_partition.setdefault(self._partition(e.user_id.encode()), []).append(
-                        e.to_json()
-                    )
-                for partition, bodies in by_partition.items():
-                    for chunk in _chunks(bodies, self.pack):
-                        futures.append(self._send_bodies(partition, chunk))
+        with self._lock:
+            self._send_all()  # events sent before these go first
+            futures = [f for f in map(self._add, events) if f is not None]
+            futures += self._send_all()
         self._producer.flush(timeout=timeout)
         for future in futures:
             future.get(timeout=timeout)
+
+    def _add(self, event: Interaction) -> FutureRecordMetadata | None:
+        """Send one event, or add it to its partition's pack (the lock held); the future of
+        a record this sent."""
+        key, body = event.user_id.encode(), event.to_json()
+        if self.pack == 1:
+            return self._producer.send(self.topics.interactions, key=key, value=body)
+        partition = self._partition(key)
+        packed = self._packs.get(partition)
+        sent = None
+        if packed is not None and packed.size + len(body) + 1 > MAX_BATCH_BYTES:
+            sent = self._send_pack(partition)
+            packed = None
+        if packed is None:
+            packed = self._packs[partition] = _Packed(time.monotonic())
+            self._start_lingering()
+        packed.bodies.append(body)
+        packed.size += len(body) + (len(packed.bodies) > 1)
+        if len(packed.bodies) >= self.pack:
+            return self._send_pack(partition)
+        return sent
 
     def _partition(self, key: bytes) -> int:
         if self._partitions is None:
@@ -149,12 +144,13 @@ class EventProducer:
         return self._partitions[(murmur2(key) & 0x7FFFFFFF) % len(self._partitions)]
 
     def _send_pack(self, partition: int) -> FutureRecordMetadata:
-        """Send one partition's waiting events (the lock held)."""
-        return self._send_bodies(partition, self._packs.pop(partition).bodies)
-
-    def _send_bodies(self, partition: int, bodies: list[bytes]) -> FutureRecordMetadata:
-        value = b"[" + b",".join(bodies) + b"]"
+        """Send one partition's waiting events as a batch record (the lock held)."""
+        value = batch_record(self._packs.pop(partition).bodies)
         return self._producer.send(self.topics.interactions, value=value, partition=partition)
+
+    def _send_all(self) -> list[FutureRecordMetadata]:
+        """Send every partition's waiting events (the lock held)."""
+        return [self._send_pack(partition) for partition in list(self._packs)]
 
     def _start_lingering(self) -> None:
         """Wake the thread that sends what has waited ``linger_ms`` (the lock held)."""
@@ -173,8 +169,7 @@ class EventProducer:
                     continue
                 now = time.monotonic()
                 if any(now - packed.since >= self.linger for packed in self._packs.values()):
-                    for partition in list(self._packs):  # all together: one request
-                        self._send_pack(partition)
+                    self._send_all()  # all together: one request
                 if self._packs:
                     oldest = min(packed.since for packed in self._packs.values())
                     self._lock.wait(max(oldest + self.linger - now, 0.0005))
@@ -214,8 +209,7 @@ class EventProducer:
     def flush(self, timeout: float | None = 30.0) -> None:
         """Send every waiting event and wait until the broker has them all."""
         with self._lock:
-            for partition in list(self._packs):
-                self._send_pack(partition)
+            self._send_all()
         self._producer.flush(timeout=timeout)
 
     def close(self) -> None:
@@ -227,19 +221,3 @@ class EventProducer:
             self._linger_thread.join(timeout=5)
         self._producer.close()
 
-
-def _chunks(bodies: list[bytes], most: int) -> list[list[bytes]]:
-    """``bodies`` in order, in runs of at most ``most`` events and ``MAX_BATCH_BYTES``.
-
-    >>> [len(c) for c in _chunks([b"x" * 10] * 7, 3)]
-    [3, 3, 1]
-    """
-    chunks: list[list[bytes]] = [[]]
-    size = 2
-    for body in bodies:
-        if chunks[-1] and (len(chunks[-1]) >= most or size + len(body) + 1 > MAX_BATCH_BYTES):
-            chunks.append([])
-            size = 2
-        chunks[-1].append(body)
-        size += len(body) + 1
-    return chunks

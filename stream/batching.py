@@ -100,10 +100,7 @@ class Batcher:
 
     def pending_offsets(self) -> dict[int, int]:
         """The first not-yet-processed offset of each partition with records waiting."""
-        first: dict[int, int] = {}
-        for rec in self._pending:
-            first.setdefault(rec.partition, rec.offset)
-        return first
+        return {p: offset for p, (offset, _) in self.pending_positions().items()}
 
     def pending_positions(self) -> dict[int, tuple[int, int]]:
         """Each partition's first waiting event's position (offset, index in a batch record)."""

@@ -116,13 +116,12 @@ def expand(records: Iterable[RawRecord]) -> list[RawRecord]:
             continue
         last = len(elements) - 1
         common = (rec.timestamp_ms, rec.partition, rec.offset, rec.key)
-        out.extend(
-            RawRecord(None, *common, index=n, last=n == last, decoded=(element,))
-            if not isinstance(element, Refused)
-            else RawRecord(None, *common, index=n, last=n == last, decoded=(element.value,),
-                           refused=element.error)  # fmt: skip
-            for n, element in enumerate(elements)
-        )
+        for n, element in enumerate(elements):
+            value, error = element, None
+            if isinstance(element, Refused):
+                value, error = element.value, element.error
+            out.append(RawRecord(None, *common, index=n, last=n == last, decoded=(value,),
+                                 refused=error))  # fmt: skip
     return out
 
 

@@ -288,16 +288,17 @@ def _flat_batch(value: Any, brackets: int) -> bool:
     )
 
 
-def pack_events(events: Sequence[Interaction]) -> bytes:
-    """Events as one batch record: a JSON array of the events' own JSON objects. The worker
-    reads it as the events one by one (each validated, de-duplicated and dead-lettered on
-    its own); a producer keeps it under ``MAX_BATCH_BYTES``.
+def batch_record(bodies: Sequence[bytes]) -> bytes:
+    """Encoded events (``Interaction.to_json``) as one batch record: a JSON array of them.
+    The worker reads it as the events one by one (each validated, de-duplicated and
+    dead-lettered on its own); a producer keeps it under ``MAX_BATCH_BYTES``.
 
     >>> events = [Interaction("e1", "u", "i", "view", 1.0), Interaction("e2", "u", "j", "like", 2)]
-    >>> [validate_event(raw).event_id for raw in decode_batch(pack_events(events))]
+    >>> record = batch_record([e.to_json() for e in events])
+    >>> [validate_event(raw).event_id for raw in decode_batch(record)]
     ['e1', 'e2']
     """
-    return b"[" + b",".join(e.to_json() for e in events) + b"]"
+    return b"[" + b",".join(bodies) + b"]"
 
 
 def is_batch(payload: bytes | None) -> bool:
