@@ -374,12 +374,11 @@ def build_app(
         await send_outbox()
 
     async def send_outbox() -> None:
-        merged = outbox.merged
-        outbox.merged = 0
-        if merged:
-            metrics.vectors_coalesced.inc(merged)
-        if outbox:
-            await publish(outbox.take())
+        if not outbox:  # then nothing was merged either (a replaced row keeps its key there)
+            return
+        if outbox.merged:
+            metrics.vectors_coalesced.inc(outbox.merged)
+        await publish(outbox.take())
 
     @app.agent(interactions)
     async def train(stream: faust.StreamT) -> None:  # pragma: no cover - exercised via Kafka

@@ -39,7 +39,7 @@ class Outbox:
         self.items: Rows = {}
         self.users: Rows = {}
         self.events = 0  # events of the batches merged since the last take
-        self.merged = 0  # vectors and tombstones not published: a later batch replaced them
+        self.merged = 0  # since the last take, vectors and tombstones a later batch replaced
 
     def add(self, out: BatchOutput, events: int) -> None:
         self.letters.extend(out.dead_letters)
@@ -73,5 +73,5 @@ class Outbox:
         out.users = [r for r in self.users.values() if r is not None]
         out.evicted_items = [k for k, r in self.items.items() if r is None]
         out.evicted_users = [k for k, r in self.users.items() if r is None]
-        self.letters, self.items, self.users, self.events = [], {}, {}, 0
+        self.letters, self.items, self.users, self.events, self.merged = [], {}, {}, 0, 0
         return out
