@@ -37,6 +37,7 @@ from stream.checkpoint import commit_checkpoint
 from stream.core import BatchOutput, RawRecord, WorkerCore
 from stream.metrics import WorkerMetrics
 from stream.outbox import Outbox
+from stream.publisher import BatchSender
 from stream.topics import Topics
 from stream.training import ITEMS, USERS, TrainConfig
 
@@ -83,6 +84,9 @@ class WorkerConfig:
             "broker_commit_interval": 1.0,
             "producer_acks": -1,
             "producer_linger_ms": 5,
+            # a publication goes out as one batch per partition (stream.publisher); the
+            # broker takes up to its max.message.bytes (1 MiB by default) per batch
+            "producer_max_batch_size": 512 * 1024,
             "topic_partitions": self.topics.partitions,
             "topic_replication_factor": 1,
             # records stay un-acked until a checkpoint covers them, so faust must not wait
@@ -327,30 +331,26 @@ def build_app(
     live = Live(delivered=time.monotonic())
     lag = PartitionLag(metrics.consumer_lag, lambda tp: app.consumer.highwater(tp))
 
+    # faust's producer, once started (Topic.send's channel machinery costs ~0.4 ms a record)
+    batches = BatchSender(lambda: app.producer._ensure_producer(), send_fault.check)
+
     async def publish(out: BatchOutput) -> None:
         """Dead letters, changed vectors and tombstones of one step, to their topics."""
-        producer = app.producer  # Topic.send's channel machinery costs ~0.4 ms a record
-        sent = settler.sent
-
-        async def send(topic: str, key: bytes | None, value: bytes | None) -> None:
-            try:
+        try:
+            for letter in out.dead_letters:  # unkeyed: faust's send spreads them
                 send_fault.check()
-                sent.append(await producer.send(topic, key, value, None, None, None))
-            except Exception as exc:
-                raise settler.halt(
-                    f"could not send to {topic}: {type(exc).__name__}: {exc}"
-                ) from exc
-
-        for letter in out.dead_letters:
-            await send(topics.dlq, None, letter.payload)
-        for rec in out.items:
-            await send(topics.item_vectors, rec.key.encode(), rec.encode())
-        for rec in out.users:
-            await send(topics.user_vectors, rec.key.encode(), rec.encode())
-        for kind, ids in ((topics.item_vectors, out.evicted_items),
-                          (topics.user_vectors, out.evicted_users)):  # fmt: skip
-            for key in ids:  # a tombstone: compaction forgets the id, replicas drop it
-                await send(kind, key.encode(), None)
+                settler.sent.append(await app.producer.send(topics.dlq, None, letter.payload,
+                                                            None, None, None))  # fmt: skip
+            for topic, vectors, evicted in (
+                (topics.item_vectors, out.items, out.evicted_items),
+                (topics.user_vectors, out.users, out.evicted_users),
+            ):
+                # a tombstone: compaction forgets the id, replicas drop it
+                records = [(r.key.encode(), r.encode()) for r in vectors]
+                records += [(key.encode(), None) for key in evicted]
+                settler.sent.extend(await batches.send(topic, records))
+        except Exception as exc:
+            raise settler.halt(f"could not publish: {type(exc).__name__}: {exc}") from exc
         record_published(metrics, out)
 
     outbox = Outbox()

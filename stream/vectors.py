@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+_quoted = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # C, no stubs
+
 
 @dataclass(frozen=True)
 class VectorRecord:
@@ -31,13 +33,11 @@ class VectorRecord:
     event_ms: int
 
     def encode(self) -> bytes:
-        body = {
-            "id": self.key,
-            "v": base64.b64encode(np.asarray(self.vector, dtype="<f4").tobytes()).decode(),
-            "n": self.updates,
-            "event_ms": self.event_ms,
-        }
-        return json.dumps(body, separators=(",", ":")).encode()
+        # what json.dumps(body, separators=(",", ":")) writes, without building the dict
+        # (json.dumps was 60% of a publication's CPU)
+        vector = base64.b64encode(np.asarray(self.vector, dtype="<f4").tobytes()).decode()
+        return (f'{{"id":{_quoted(self.key)},"v":"{vector}","n":{int(self.updates)},'
+                f'"event_ms":{int(self.event_ms)}}}').encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> VectorRecord:
