@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -331,27 +331,37 @@ def build_app(
     live = Live(delivered=time.monotonic())
     lag = PartitionLag(metrics.consumer_lag, lambda tp: app.consumer.highwater(tp))
 
-    # faust's producer, once started (Topic.send's channel machinery costs ~0.4 ms a record)
-    batches = BatchSender(lambda: app.producer._ensure_producer(), send_fault.check)
+    # the aiokafka producer faust starts (not in faust's ProducerT protocol); Topic.send's
+    # channel machinery cost ~0.4 ms a record
+    producer = lambda: app.producer._ensure_producer()  # type: ignore[attr-defined]  # noqa: E731
+    batches = BatchSender(producer, send_fault.check)
 
     async def publish(out: BatchOutput) -> None:
         """Dead letters, changed vectors and tombstones of one step, to their topics."""
-        try:
-            for letter in out.dead_letters:  # unkeyed: faust's send spreads them
-                send_fault.check()
-                settler.sent.append(await app.producer.send(topics.dlq, None, letter.payload,
-                                                            None, None, None))  # fmt: skip
-            for topic, vectors, evicted in (
-                (topics.item_vectors, out.items, out.evicted_items),
-                (topics.user_vectors, out.users, out.evicted_users),
-            ):
-                # a tombstone: compaction forgets the id, replicas drop it
-                records = [(r.key.encode(), r.encode()) for r in vectors]
-                records += [(key.encode(), None) for key in evicted]
-                settler.sent.extend(await batches.send(topic, records))
-        except Exception as exc:
-            raise settler.halt(f"could not publish: {type(exc).__name__}: {exc}") from exc
+        for letter in out.dead_letters:  # unkeyed and few: faust's send spreads them
+            await send(topics.dlq, one_letter(letter.payload))
+        for topic, vectors, evicted in (
+            (topics.item_vectors, out.items, out.evicted_items),
+            (topics.user_vectors, out.users, out.evicted_users),
+        ):
+            records: list[tuple[bytes, bytes | None]] = [
+                (r.key.encode(), r.encode()) for r in vectors
+            ]
+            # a tombstone: compaction forgets the id, replicas drop it
+            records += [(key.encode(), None) for key in evicted]
+            await send(topic, batches.send(topic, records))
         record_published(metrics, out)
+
+    async def one_letter(payload: bytes) -> list[Any]:
+        send_fault.check()
+        return [await app.producer.send(topics.dlq, None, payload, None, None, None)]
+
+    async def send(topic: str, sending: Awaitable[list[Any]]) -> None:
+        """Hand records to the producer; their delivery futures go to the settler."""
+        try:
+            settler.sent.extend(await sending)
+        except Exception as exc:
+            raise settler.halt(f"could not send to {topic}: {type(exc).__name__}: {exc}") from exc
 
     outbox = Outbox()
 

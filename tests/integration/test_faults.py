@@ -257,7 +257,7 @@ def test_a_refused_send_halts_and_the_worker_recovers(
     prefix = f"f{tag}-"
     records = backlog(kafka_bootstrap, prefix, stream_records(8_000))
     halted = Worker(kafka_bootstrap, prefix, f"halt-{tag}", tmp_path, tmp_path / "halt.log")
-    halted.env = {"STREAMBED_FAULT_FAIL_SEND_AT": "1500"}
+    halted.env = {"STREAMBED_FAULT_FAIL_SEND_AT": "30"}
     try:
         halted.start()
         halted.wait_checkpointed(len(records), timeout=240)  # the same pid: it re-executed
