@@ -105,7 +105,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ps = _worker_ps(args, train, registry)
     core = WorkerCore(
         OnlineTrainer.create(train, ps), batcher=Batcher(args.batch_size, args.batch_ms),
-        letter_bytes=args.dlq_payload_bytes,
+        letter_bytes=args.dlq_payload_bytes, defer_items=True,
     )
     _prepare_topics(args, config.topics, "worker")
     boot = None

@@ -388,7 +388,7 @@ def build_app(
             return
         if outbox.merged:
             metrics.vectors_coalesced.inc(outbox.merged)
-        await publish(outbox.take())
+        await publish(outbox.take(core.item_records))
 
     @app.agent(interactions)
     async def train(stream: faust.StreamT) -> None:  # pragma: no cover - exercised via Kafka

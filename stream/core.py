@@ -141,6 +141,9 @@ class BatchOutput:
     users: list[VectorRecord] = field(default_factory=list)
     evicted_users: list[str] = field(default_factory=list)
     evicted_items: list[str] = field(default_factory=list)
+    # with deferred items (WorkerCore's ``defer_items``): the changed items whose vectors the
+    # caller composes when it publishes (:meth:`WorkerCore.item_records`), and their event_ms
+    item_marks: dict[str, int] = field(default_factory=dict)
     unadmitted: int = 0
     aged: int = 0  # of the items: published again for their velocity alone
     loss: float | None = None
@@ -206,8 +209,12 @@ class WorkerCore:
         dedup: RecentIds | None = None,
         batcher: Batcher | None = None,
         letter_bytes: int = LETTER_PAYLOAD_BYTES,
+        defer_items: bool = False,
     ) -> None:
         self.trainer = trainer
+        # items changed by a step are marked, not composed: a worker publishing many steps
+        # at once composes each item once (items recur across steps far more than users)
+        self.defer_items = defer_items
         self.letter_bytes = letter_bytes
         self.dedup = dedup if dedup is not None else RecentIds()
         # not `x or default`: a Batcher and RecentIds have __len__, so empty ones are falsy
@@ -302,8 +309,15 @@ class WorkerCore:
         # aged: outside the batch, but their velocity level moved: published again
         published = [*stats.step.items, *stats.step.aged]
         out.aged = len(stats.step.aged)
-        out.items = _records(published, first_ms_item, trainer.item_vectors, trainer, ITEMS)
+        if self.defer_items:
+            out.item_marks = {i: first_ms_item.get(i, 0) for i in published}
+        else:
+            out.items = _records(published, first_ms_item, trainer.item_vectors, trainer, ITEMS)
         return out
+
+    def item_records(self, marks: Mapping[str, int]) -> list[VectorRecord]:
+        """The current served vectors of the marked items, stamped with their event_ms."""
+        return _records(list(marks), marks, self.trainer.item_vectors, self.trainer, ITEMS)
 
     def _train(
         self, events: list[Interaction], sources: list[RawRecord], out: BatchOutput
@@ -406,7 +420,7 @@ class WorkerCore:
 
 def _records(
     ids: Sequence[str],
-    first_ms: dict[str, int],
+    first_ms: Mapping[str, int],
     vectors_of: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]],
     trainer: OnlineTrainer,
     table: str,

@@ -7,7 +7,8 @@ and every replica, only for the next batch to overwrite it. The :class:`Outbox`
 keeps the last version of each row (or its tombstone) until the worker publishes,
 which it does after at most ``publish_ms`` of batches and always before a
 checkpoint, so a replica ends with the same vectors, and a checkpoint still never
-passes output that is not in Kafka.
+passes output that is not in Kafka. Items a step only *marked* (``item_marks``: the
+worker defers their composition) are composed once, when taken: as they are then.
 
 Examples
 --------
@@ -21,16 +22,32 @@ Examples
 >>> out = box.take()
 >>> [(r.key, r.event_ms) for r in out.items], out.users, out.evicted_users, box.events
 ([('i1', 500), ('i2', 0)], [], ['u1'], 0)
+>>> box.add(BatchOutput(item_marks={"i3": 700, "i1": 0}), events=1)
+>>> box.add(BatchOutput(item_marks={"i3": 650}), events=1)
+>>> compose = lambda marks: [v(key, ms) for key, ms in marks.items()]
+>>> [(r.key, r.event_ms) for r in box.take(compose).items]
+[('i3', 650), ('i1', 0)]
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 from stream.core import BatchOutput, DeadLetter
 from stream.vectors import VectorRecord
 
-Rows = dict[str, VectorRecord | None]  # key -> its last vector, or None: its tombstone
+
+@dataclass(frozen=True)
+class _Mark:
+    """A row changed by a step, to be composed when taken (the earliest event's ms)."""
+
+    event_ms: int
+
+
+# key -> its last vector, its mark, or None: its tombstone
+Rows = dict[str, VectorRecord | _Mark | None]
+Compose = Callable[[Mapping[str, int]], list[VectorRecord]]
 
 
 class Outbox:
@@ -50,27 +67,38 @@ class Outbox:
         ):
             for rec in vectors:
                 self._put(rows, rec)
+            if rows is self.items:
+                for key, ms in out.item_marks.items():
+                    self._put(rows, _Mark(ms), key)
             for key in evicted:
                 self.merged += key in rows
                 rows[key] = None
 
-    def _put(self, rows: Rows, rec: VectorRecord) -> None:
-        self.merged += rec.key in rows
+    def _put(self, rows: Rows, rec: VectorRecord | _Mark, key: str | None = None) -> None:
+        key = rec.key if isinstance(rec, VectorRecord) else key
+        assert key is not None
+        self.merged += key in rows
         # the vector published is the first to hold the earlier batch's events too
-        earlier = rows.get(rec.key)
+        earlier = rows.get(key)
         ms = earlier.event_ms if earlier is not None else 0
         if ms and (not rec.event_ms or ms < rec.event_ms):
             rec = replace(rec, event_ms=ms)
-        rows[rec.key] = rec
+        rows[key] = rec
 
     def __bool__(self) -> bool:
         return bool(self.letters or self.items or self.users)
 
-    def take(self) -> BatchOutput:
-        """Everything merged since the last take, as one output to publish; empties the box."""
+    def take(self, compose: Compose | None = None) -> BatchOutput:
+        """Everything merged since the last take, as one output to publish; empties the box.
+        ``compose``: the vectors of marked items (needed when any step marked some)."""
         out = BatchOutput(dead_letters=self.letters)
-        out.items = [r for r in self.items.values() if r is not None]
-        out.users = [r for r in self.users.values() if r is not None]
+        marks = {k: r.event_ms for k, r in self.items.items() if isinstance(r, _Mark)}
+        if marks:
+            if compose is None:
+                raise ValueError("items were marked for composition: take needs compose")
+            self.items.update((r.key, r) for r in compose(marks))
+        out.items = [r for r in self.items.values() if isinstance(r, VectorRecord)]
+        out.users = [r for r in self.users.values() if isinstance(r, VectorRecord)]
         out.evicted_items = [k for k, r in self.items.items() if r is None]
         out.evicted_users = [k for k, r in self.users.items() if r is None]
         self.letters, self.items, self.users, self.events, self.merged = [], {}, {}, 0, 0

@@ -59,3 +59,33 @@ def test_a_merged_vector_keeps_the_earliest_event_time() -> None:
     merged = box.merged
     (rec,) = box.take().items
     assert (rec.event_ms, rec.updates, merged) == (300, 2, 2)
+
+
+def test_deferred_items_publish_what_eager_composition_would() -> None:
+    """A worker marks changed items and composes them when it publishes; a replica ends with
+    the vectors (and event times) it would have had from per-step composition."""
+    from services.datagen import GeneratorConfig, InteractionGenerator, ItemInfo
+    from stream.core import RawRecord, WorkerCore
+    from stream.training import OnlineTrainer, TrainConfig
+
+    events = [e for e in InteractionGenerator(GeneratorConfig(seed=3)).replay(3_000)
+              if not isinstance(e, ItemInfo)]  # fmt: skip
+    config = TrainConfig(dim=8, negatives=4)
+    eager = WorkerCore(OnlineTrainer.create(config))
+    deferred = WorkerCore(OnlineTrainer.create(config), defer_items=True)
+    now, later = Outbox(), Outbox()
+    batches = [events[i : i + 100] for i in range(0, len(events), 100)]
+    for n, batch in enumerate(batches):
+        records = [RawRecord(e.to_json(), 1_000 + n, offset=j + 100 * n) for j, e in
+                   enumerate(batch)]  # fmt: skip
+        a, b = eager.process(records), deferred.process(records)
+        assert not b.items and set(b.item_marks) == {r.key for r in a.items}
+        now.add(a, len(batch))
+        later.add(b, len(batch))
+        if n % 3 == 2 or n == len(batches) - 1:  # publish every third step
+            x, y = now.take(), later.take(deferred.item_records)
+            assert [(r.key, r.event_ms, r.updates) for r in x.items] == [
+                (r.key, r.event_ms, r.updates) for r in y.items
+            ]
+            for r, s in zip(x.items, y.items, strict=True):
+                np.testing.assert_array_equal(r.vector, s.vector)
