@@ -274,5 +274,6 @@ class VectorTailer(threading.Thread):
             kind, ages = "user", self.state.apply_users(decoded, now_ms)
             self.metrics.users.set(self.state.users)
         self.metrics.vectors_applied.labels(kind=kind).inc(len(decoded))
+        fresh = self.metrics.freshness_seconds.labels(kind=kind)  # one lookup, not one a vector
         for age in ages:
-            self.metrics.freshness_seconds.labels(kind=kind).observe(age)
+            fresh.observe(age)

@@ -466,7 +466,7 @@ def test_run_config_uses_the_dataset_settings_unless_told_otherwise() -> None:
     assert live.train().lr == DATASET_LR_LIVE["movielens"] != movielens.lr
     assert RunConfig(batch_ms=50.0).train().lr == DATASET_LR["generator"] == TrainConfig.lr
     assert RunConfig(dataset="movielens", batch_ms=50.0, lr=0.3).train().lr == 0.3
-    # and so are the sampled negatives: 256-event batches keep the uniform draws
+    # and so are the sampled negatives: by-size batches keep the uniform draws
     assert movielens.negative_sampler == "uniform" == TrainConfig.negative_sampler
     assert live.train().negative_sampler == DATASET_NEGATIVES_LIVE["movielens"] == "frequency"
     parsed = build_parser({}).parse_args(["evaluate", "--negative-sampler", "uniform"])
