@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,27 @@ def test_replay_sends_each_kind_where_it_belongs_and_stops_at_the_duration() -> 
     slow = replay(schedule([ev(n, n) for n in range(100)], Pace(rate=50)), RecordingProducer(),
                   duration=0.2)  # type: ignore[arg-type]  # fmt: skip
     assert slow.stopped_early and 5 <= slow.sent <= 15
+
+
+def test_a_fast_replay_sleeps_per_millisecond_not_per_event(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """At 10,000 ev/s a sleep per event cost the load generator more than its sends; it now
+    sleeps only when a millisecond or more ahead, and never sends a record earlier than that."""
+    import services.replay as replay_module
+
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(replay_module.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    sent_at: list[float] = []
+
+    class Clocked(RecordingProducer):
+        def send(self, event: object) -> None:
+            sent_at.append(time.monotonic())
+
+    records = list(schedule([ev(n, n) for n in range(2_000)], Pace(rate=10_000)))
+    start = time.monotonic()
+    replay(records, Clocked())  # type: ignore[arg-type]
+    assert len(sent_at) == 2_000
+    # each sleep waits for more than SLEEP_SLACK_S of schedule: at most one per millisecond
+    assert len(sleeps) <= records[-1][0] / replay_module.SLEEP_SLACK_S + 1
+    early = [start + due - t for (due, _), t in zip(records, sent_at, strict=True)]
+    assert max(early) <= replay_module.SLEEP_SLACK_S + 1e-4
