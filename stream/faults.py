@@ -5,10 +5,9 @@ slow disk would) just before it drains and commits; ``STREAMBED_FAULT_MARK`` nam
 touched first, so a test can kill -9 the worker inside a checkpoint.
 
 ``STREAMBED_FAULT_FAIL_SEND_AT``: the worker's N-th send (a batch of vectors or one dead
-letter) raises, as a send the broker
-refuses would; once per environment (the restarted process inherits
-``STREAMBED_FAULT_SEND_FAILED`` and sends normally), so a test sees the halt and the
-recovery.
+letter) raises, as a send the broker refuses would; once per environment (the restarted
+process inherits ``STREAMBED_FAULT_SEND_FAILED`` and sends normally), so a test sees the
+halt and the recovery.
 """
 
 from __future__ import annotations

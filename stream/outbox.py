@@ -66,17 +66,15 @@ class Outbox:
             (self.users, out.users, out.evicted_users),
         ):
             for rec in vectors:
-                self._put(rows, rec)
+                self._put(rows, rec.key, rec)
             if rows is self.items:
                 for key, ms in out.item_marks.items():
-                    self._put(rows, _Mark(ms), key)
+                    self._put(rows, key, _Mark(ms))
             for key in evicted:
                 self.merged += key in rows
                 rows[key] = None
 
-    def _put(self, rows: Rows, rec: VectorRecord | _Mark, key: str | None = None) -> None:
-        key = rec.key if isinstance(rec, VectorRecord) else key
-        assert key is not None
+    def _put(self, rows: Rows, key: str, rec: VectorRecord | _Mark) -> None:
         self.merged += key in rows
         # the vector published is the first to hold the earlier batch's events too
         earlier = rows.get(key)
