@@ -89,3 +89,36 @@ def test_deferred_items_publish_what_eager_composition_would() -> None:
             ]
             for r, s in zip(x.items, y.items, strict=True):
                 np.testing.assert_array_equal(r.vector, s.vector)
+
+
+MARKED = st.tuples(st.lists(st.tuples(KEYS, st.integers(0, 50))), st.lists(KEYS), st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(MARKED, max_size=8), st.lists(st.booleans(), min_size=8, max_size=8))
+def test_marked_rows_composed_at_take_leave_the_replica_as_eager_ones(steps, cuts) -> None:  # type: ignore[no-untyped-def]
+    """Steps that mark their rows (composed when taken, from the rows as they are then) and
+    steps that carry composed vectors, mixed with tombstones and cut into publications at
+    random, leave a replica with the rows of publishing each step at once."""
+    table: dict[str, int] = {}  # the worker's rows: key -> the step that last changed it
+
+    def compose(marks):  # type: ignore[no-untyped-def]
+        return [VectorRecord(k, np.full(2, table[k], np.float32), table[k], ms)
+                for k, ms in marks.items()]  # fmt: skip
+
+    box, published, eager = Outbox(), [], []
+    for n, ((changed, evicted, marked), cut) in enumerate(zip(steps, cuts, strict=False)):
+        keys = dict(changed)
+        gone = [k for k in dict.fromkeys(evicted) if k not in keys]
+        for k in keys:
+            table[k] = n
+        for k in gone:
+            table.pop(k, None)
+        vectors = [VectorRecord(k, np.full(2, n, np.float32), n, ms) for k, ms in keys.items()]
+        eager.append(BatchOutput(items=vectors, evicted_items=gone))
+        box.add(BatchOutput(item_marks=keys, evicted_items=gone) if marked
+                else BatchOutput(items=vectors, evicted_items=gone), events=1)  # fmt: skip
+        if cut:
+            published.append(box.take(compose))
+    published.append(box.take(compose))
+    assert replica(published) == replica(eager)
