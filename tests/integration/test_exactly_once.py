@@ -195,6 +195,10 @@ def test_kill_9_mid_stream_leaves_the_tables_of_an_uninterrupted_run(
     ensure_topics(kafka_bootstrap, topics)
     records = stream_records(19_000)
     half = len(records) // 2
+    # sent in this order: the first half, 2,000 before the first kill inside a checkpoint,
+    # the rest but 2,000 while the worker is down, the last 2,000 before the second such kill
+    chunks = [records[half : half + 2_000], records[-2_000:]]
+    second = records[half + 2_000 : -2_000]
     rng = random.Random(7)
     began = time.monotonic()
 
@@ -215,6 +219,12 @@ def test_kill_9_mid_stream_leaves_the_tables_of_an_uninterrupted_run(
                 processed = crashed.processed()  # a lower bound: scraped before the kill
                 if kill in (1, 3):  # inside the next checkpoint, before it commits
                     mark.unlink(missing_ok=True)
+                    # records the worker has not seen, so that a checkpoint is due however
+                    # fast it got through the backlog (a worker that caught up writes none)
+                    fresh = chunks.pop(0)
+                    for payload in fresh:
+                        producer.send_raw(payload)
+                    producer.flush()
                     deadline = time.monotonic() + 30
                     while not mark.exists():
                         assert time.monotonic() < deadline, "no checkpoint began"
@@ -230,7 +240,7 @@ def test_kill_9_mid_stream_leaves_the_tables_of_an_uninterrupted_run(
                 redone += start + processed - durable
                 start = durable
                 if kill == 1:  # the second phase arrives while the worker is down
-                    for payload in records[half:]:
+                    for payload in second:
                         producer.send_raw(payload)
                     producer.flush()
                 crashed.start()
