@@ -242,10 +242,11 @@ def _guarded(step: Callable[[], T]) -> T:
 
 
 def decode_json(
-    payload: bytes | str | None, limit: int = MAX_EVENT_BYTES, max_depth: int = MAX_DEPTH
+    payload: bytes | str | None, limit: int = MAX_EVENT_BYTES, max_depth: int | None = MAX_DEPTH
 ) -> Any:
     """JSON of at most ``limit`` bytes and ``max_depth`` levels of nesting, or
-    :class:`InvalidEvent` (``empty``, ``too_large``, ``too_deep``, ``bad_json``).
+    :class:`InvalidEvent` (``empty``, ``too_large``, ``too_deep``, ``bad_json``). With
+    ``max_depth`` None the caller checks the depth (only the parser's own limit applies).
 
     >>> decode_json(b"[" * 40 + b"]" * 40)
     Traceback (most recent call last):
@@ -260,16 +261,20 @@ def decode_json(
     try:
         value = json.loads(payload)
     except RecursionError:  # CPython's decoder stops cleanly at the interpreter's limit
-        raise InvalidEvent("too_deep", f"JSON nested too deep, limit {max_depth}") from None
+        limit_text = "the parser's limit" if max_depth is None else f"limit {max_depth}"
+        raise InvalidEvent("too_deep", f"JSON nested too deep, {limit_text}") from None
     except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InvalidEvent("bad_json", _clean(f"not valid JSON: {err}")) from None
-    if isinstance(payload, bytes):
-        brackets = payload.count(b"[") + payload.count(b"{")
-    else:
-        brackets = payload.count("[") + payload.count("{")
-    if brackets > max_depth:  # deep enough to check (a flat event has one)
-        _check_depth(value, max_depth)
+    if max_depth is not None and _brackets(payload) > max_depth:  # deep enough to check
+        _check_depth(value, max_depth)  # (a flat event has one bracket)
     return value
+
+
+def _brackets(payload: bytes | str) -> int:
+    """How many arrays and objects ``payload`` opens at most (its strings may hold some)."""
+    if isinstance(payload, bytes):
+        return payload.count(b"[") + payload.count(b"{")
+    return payload.count("[") + payload.count("{")
 
 
 def _flat_batch(value: Any, brackets: int) -> bool:
@@ -329,8 +334,8 @@ def decode_batch(payload: bytes | None) -> list[Any]:
     >>> [getattr(e, "error", e) for e in decode_batch(b'[1, ' + b"[" * 40 + b"]" * 40 + b"]")]
     [1, InvalidEvent('JSON nested over 16 levels deep')]
     """
-    # the depth rule is each element's (a record's parser limit is the whole record's)
-    value = _guarded(lambda: decode_json(payload, MAX_BATCH_BYTES, max_depth=2**31))
+    # the depth rule is each element's, checked below (the parser's limit is the record's)
+    value = _guarded(lambda: decode_json(payload, MAX_BATCH_BYTES, max_depth=None))
     if not isinstance(value, list):
         raise InvalidEvent("not_a_batch", f"a batch record is a JSON array, got {_short(value)}")
     if not value:
@@ -340,7 +345,7 @@ def decode_batch(payload: bytes | None) -> list[Any]:
             "too_many_events", f"a batch record holds {len(value)} events, limit {MAX_BATCH_EVENTS}"
         )
     assert payload is not None  # decode_json refused None
-    brackets = payload.count(b"[") + payload.count(b"{")
+    brackets = _brackets(payload)
     if brackets > MAX_DEPTH and not _flat_batch(value, brackets):
         for n, element in enumerate(value):
             if isinstance(element, (dict, list)):
