@@ -102,6 +102,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )  # fmt: skip
     registry = CollectorRegistry()
     metrics = WorkerMetrics.create(registry).initialise(train.type_weights)
+    if args.scale_out:
+        return _scale_out_worker(args, config, metrics, registry)
     ps = _worker_ps(args, train, registry)
     core = WorkerCore(
         OnlineTrainer.create(train, ps), batcher=Batcher(args.batch_size, args.batch_ms),
@@ -148,6 +150,45 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return _after_halt(args, settler.halted, time.monotonic() - started)
 
 
+def _scale_out_worker(args, config, metrics, registry) -> int:  # type: ignore[no-untyped-def]
+    """One worker of the scale-out pair of stages (stream.scaleout): state in changelog
+    topics, outputs and offsets in Kafka transactions; start more with the same flags."""
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from stream.scaleout import ScaleOutConfig, ScaleOutWorker
+
+    if args.init_from or args.ps_shards:
+        raise SystemExit("worker: --scale-out does not take --init-from or --ps-shards yet")
+    try:
+        scale = ScaleOutConfig(
+            bootstrap=config.bootstrap, app_id=config.app_id, topics=config.topics,
+            batch_size=config.batch_size, batch_ms=config.batch_ms,
+            idle_grace_ms=config.idle_grace_ms, session_timeout_s=config.session_timeout_s,
+            letter_bytes=args.dlq_payload_bytes, train=config.train,
+        )  # fmt: skip
+    except ValueError as err:
+        raise SystemExit(f"worker: {err}") from None
+    _prepare_topics(args, config.topics, "worker", scale_out=True)
+    encode = None
+    if args.content_encoder == "minilm":
+        from stream.content import MiniLM
+
+        encode = MiniLM().encode
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.host, registry=registry)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = ScaleOutWorker(scale, metrics, encode)
+    print(f"worker: scale-out member of {config.app_id}-users / -items", file=sys.stderr)
+    gc.freeze()
+    worker.run(stop.is_set)
+    return 0
+
+
 def _after_halt(args: argparse.Namespace, why: str, ran_s: float) -> int:
     """A halted worker's last checkpoint is intact: start again from it (a new process,
     after a backoff that grows while halts come quickly), or exit 75 with --exit-on-halt
@@ -165,14 +206,15 @@ def _after_halt(args: argparse.Namespace, why: str, ran_s: float) -> int:
     return 75  # not reached
 
 
-def _prepare_topics(args: argparse.Namespace, topics, who: str) -> None:  # type: ignore[no-untyped-def]
+def _prepare_topics(args: argparse.Namespace, topics, who: str, scale_out: bool = False) -> None:  # type: ignore[no-untyped-def]
     """Create the pipeline's missing topics, or exit with why the existing ones do not fit."""
     from kafka.errors import KafkaError
 
     from services.kafka.topics import TopicMismatch, prepare_topics
 
     try:
-        created = prepare_topics(args.bootstrap, topics, timeout=args.broker_wait)
+        created = prepare_topics(args.bootstrap, topics, timeout=args.broker_wait,
+                                 scale_out=scale_out)  # fmt: skip
     except TopicMismatch as err:
         raise SystemExit(f"{who}: {err}") from None
     except KafkaError as err:
@@ -743,6 +785,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument(
         "--ps-shards", default="", help="host:port,... of remote PS shards (default: in-process PS)"
     )
+    w.add_argument("--scale-out", action="store_true",
+                   help="one of many workers: users and items trained in two stages over "
+                        "Kafka transactions, state in changelog topics (docs/scaling.md)")
     w.add_argument("--init-from", default="",
                    help="a `streambed bootstrap` file: frozen towers + first rows")  # fmt: skip
     w.add_argument("--content-encoder", default="auto", choices=["auto", "minilm", "none"],

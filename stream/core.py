@@ -144,6 +144,9 @@ class BatchOutput:
     # with deferred items (WorkerCore's ``defer_items``): the changed items whose vectors the
     # caller composes when it publishes (:meth:`WorkerCore.item_records`), and their event_ms
     item_marks: dict[str, int] = field(default_factory=dict)
+    # the events the step learnt and their Kafka timestamps (the lists the step built)
+    trained: list[Interaction] = field(default_factory=list)
+    trained_ms: list[int] = field(default_factory=list)
     unadmitted: int = 0
     aged: int = 0  # of the items: published again for their velocity alone
     loss: float | None = None
@@ -285,6 +288,7 @@ class WorkerCore:
             self.dedup.check_and_add(event.event_id)
             out.by_type[event.type] += 1
         out.accepted = len(events)
+        out.trained, out.trained_ms = events, produced
         if stats is None or not events:
             return out
         out.oldest_event_ms = min(produced)

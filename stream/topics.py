@@ -12,6 +12,11 @@ class Topics:
     items: str = "items"
     item_vectors: str = "item-vectors"
     user_vectors: str = "user-vectors"
+    # the scale-out worker's (stream.scaleout): item-row gradients keyed by item, and the
+    # compacted changelogs of the user and item rows
+    gradients: str = "gradients"
+    user_rows: str = "user-rows"
+    item_rows: str = "item-rows"
     partitions: int = 4
 
     @classmethod
@@ -24,5 +29,8 @@ class Topics:
             items=prefix + d.items,
             item_vectors=prefix + d.item_vectors,
             user_vectors=prefix + d.user_vectors,
+            gradients=prefix + d.gradients,
+            user_rows=prefix + d.user_rows,
+            item_rows=prefix + d.item_rows,
             partitions=partitions,
         )

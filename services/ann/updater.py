@@ -73,6 +73,9 @@ class VectorTailer(threading.Thread):
             enable_auto_commit=False,
             client_id="streambed-api-tailer",
             fetch_max_wait_ms=self.poll_ms,
+            # scale-out workers write vectors in transactions: never serve an aborted one
+            # (the same as read_uncommitted for the single worker's plain producer)
+            isolation_level="read_committed",
         )
         try:
             partitions = self._wait_for_partitions(consumer)

@@ -41,12 +41,24 @@ def topic_specs(topics: Topics) -> list[NewTopic]:
     ]
 
 
-def ensure_topics(bootstrap: str, topics: Topics) -> list[str]:
+def scale_out_specs(topics: Topics) -> list[NewTopic]:
+    """The scale-out worker's own topics, co-partitioned with ``interactions`` and ``items``
+    (a stage's changelog partition p holds the rows of its input partition p)."""
+    p = topics.partitions
+    return [
+        NewTopic(topics.gradients, p, 1),
+        NewTopic(topics.user_rows, p, 1, topic_configs=COMPACTED),
+        NewTopic(topics.item_rows, p, 1, topic_configs=COMPACTED),
+    ]
+
+
+def ensure_topics(bootstrap: str, topics: Topics, scale_out: bool = False) -> list[str]:
     """Create the pipeline's topics that do not exist yet; returns the names created."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streambed-admin")
+    specs = topic_specs(topics) + (scale_out_specs(topics) if scale_out else [])
     try:
         existing = set(admin.list_topics())
-        missing = [t for t in topic_specs(topics) if t.name not in existing]
+        missing = [t for t in specs if t.name not in existing]
         if missing:
             # another process may win the race; the topics exist, which is all we need
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -96,7 +108,9 @@ def _configs(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict]:  # t
     return found.get("topic", {})  # type: ignore[no-any-return]
 
 
-def prepare_topics(bootstrap: str, topics: Topics, timeout: float = 60.0) -> list[str]:
+def prepare_topics(
+    bootstrap: str, topics: Topics, timeout: float = 60.0, scale_out: bool = False
+) -> list[str]:
     """Create the missing topics and check them all; the names created. Raises
     :class:`TopicMismatch` for a topic with the wrong settings, and ``KafkaError`` when no
     broker answers within ``timeout`` seconds."""
@@ -111,7 +125,8 @@ def prepare_topics(bootstrap: str, topics: Topics, timeout: float = 60.0) -> lis
             time.sleep(1.0)
     try:
         existing = set(admin.list_topics())
-        missing = [t for t in topic_specs(topics) if t.name not in existing]
+        specs = topic_specs(topics) + (scale_out_specs(topics) if scale_out else [])
+        missing = [t for t in specs if t.name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)

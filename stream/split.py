@@ -1,0 +1,356 @@
+"""Training split in two stages for more than one worker: the pure parts (no Kafka).
+
+With ``streambed worker --scale-out`` each worker process runs both stages, and
+adding a worker is starting another process with the same settings (docs/scaling.md):
+
+* the **user stage** owns partitions of ``interactions`` (events keyed by user). It trains
+  its users' rows as the single worker does, against a *view* of the item rows (the
+  compacted ``item-rows`` topic, tailed), and instead of changing item rows it emits each
+  step's item-row gradients as :class:`Gradient` records keyed by item;
+* the **item stage** owns partitions of ``gradients`` (and of ``items``, co-partitioned),
+  applies them to its item rows (rowwise Adagrad, one update per item per applied batch),
+  and publishes item vectors and the rows the views read.
+
+Each stage's rows live in a compacted changelog topic (``user-rows``, ``item-rows``) as
+:func:`row_records`; the I/O loop writes outputs, changelog and input offsets in one Kafka
+transaction, so a kill -9 anywhere neither loses nor doubles an update.
+
+Examples
+--------
+>>> g = Gradient("i1", np.ones(2, np.float32), events=3, event_ms=7, now=1.5)
+>>> back = Gradient.decode(b"i1", g.encode())
+>>> back.item, back.grad.tolist(), back.events, back.event_ms, back.now
+('i1', [1.0, 1.0], 3, 7, 1.5)
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from paramserver.config import TableConfig
+from paramserver.ps import ParameterServer, TableDelta
+from paramserver.table import TableChanges
+from stream.batching import Batcher
+from stream.core import BatchOutput, RawRecord, WorkerCore
+from stream.schemas import LETTER_PAYLOAD_BYTES
+from stream.training import CONTENT, ITEMS, TASTE, USERS, OnlineTrainer, TrainConfig
+from stream.vectors import VectorRecord
+
+_GRAD = struct.Struct("<Iqd")  # events, event_ms, now; then the gradient (float32)
+_ROW = struct.Struct("<IdQ")  # updates, last update, events; then row and optimizer state
+
+
+@dataclass(frozen=True, slots=True)
+class Gradient:
+    """One step's gradient for one item row, from a user stage to the item's owner.
+
+    ``events``: the step's events that took this item as their positive (0 for a sampled
+    negative); ``event_ms``: the Kafka timestamp of the earliest of them (freshness);
+    ``now``: the step's event time (the row's last update).
+    """
+
+    item: str
+    grad: np.ndarray
+    events: int
+    event_ms: int
+    now: float
+
+    def encode(self) -> bytes:
+        head = _GRAD.pack(self.events, self.event_ms, self.now)
+        return head + np.asarray(self.grad, dtype="<f4").tobytes()
+
+    @classmethod
+    def decode(cls, key: bytes, value: bytes) -> Gradient:
+        """Raises ValueError on a record that is not a gradient."""
+        if len(value) < _GRAD.size or (len(value) - _GRAD.size) % 4:
+            raise ValueError(f"a gradient record has {_GRAD.size} + 4 * dim bytes, "
+                             f"got {len(value)}")  # fmt: skip
+        events, event_ms, now = _GRAD.unpack_from(value)
+        grad = np.frombuffer(value, dtype="<f4", offset=_GRAD.size).astype(np.float32)
+        return cls(key.decode(), grad, events, event_ms, now)
+
+
+def row_key(table: str, row_id: str) -> bytes:
+    return f"{table}/{row_id}".encode()
+
+
+def split_key(key: bytes) -> tuple[str, str]:
+    """``(table, id)`` of a changelog key."""
+    table, _, row_id = key.decode().partition("/")
+    return table, row_id
+
+
+def row_records(
+    delta: TableDelta, events: Mapping[str, int]
+) -> list[tuple[bytes, bytes]]:
+    """A table's changed rows as changelog records: key ``table/id``, value the update count,
+    last update, events learnt, then the row and its optimizer state (float32)."""
+    c = delta.changes
+    out = []
+    for n, row_id in enumerate(delta.strings):
+        head = _ROW.pack(int(c.updates[n]), float(c.last_update[n]), events.get(row_id, 0))
+        body = c.rows[n].astype("<f4").tobytes() + c.state[n].astype("<f4").tobytes()
+        out.append((row_key(delta.name, row_id), head + body))
+    return out
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Changelog values of one table decoded: ids, rows, optimizer state, counts."""
+
+    ids: list[str]
+    rows: np.ndarray
+    state: np.ndarray
+    updates: np.ndarray
+    last: np.ndarray
+    events: np.ndarray
+
+    @classmethod
+    def decode(cls, entries: Mapping[str, bytes], dim: int) -> Rows:
+        ids = list(entries)
+        n = len(ids)
+        rows = np.zeros((n, dim), np.float32)
+        states: list[np.ndarray] = []
+        updates = np.zeros(n, np.uint32)
+        last = np.zeros(n, np.float64)
+        events = np.zeros(n, np.int64)
+        for i, value in enumerate(entries.values()):
+            updates[i], last[i], events[i] = _ROW.unpack_from(value)
+            body = np.frombuffer(value, dtype="<f4", offset=_ROW.size)
+            if len(body) < dim:
+                raise ValueError(f"row {ids[i]!r} is shorter than dim {dim}")
+            rows[i] = body[:dim]
+            states.append(body[dim:])
+        width = {len(s) for s in states}
+        if len(width) > 1:
+            raise ValueError("rows of one table with different optimizer state widths")
+        state = np.stack(states).astype(np.float32) if states else np.zeros((0, 0), np.float32)
+        return cls(ids, rows, state, updates, last, events)
+
+    def load(self, ps: ParameterServer, table: str) -> None:
+        """Into an empty table of ``ps``, optimizer state and counts included."""
+        n = len(self.ids)
+        width = ps.tables[table].optimizer.state_width(ps.dim(table))
+        state = self.state if n else np.zeros((0, width), np.float32)
+        keys = ps.keymaps[table].assign(self.ids)
+        changes = TableChanges(keys, np.arange(n, dtype=np.int64), self.rows, state,
+                               self.updates, self.last)  # fmt: skip
+        ps.tables[table].load_rows(changes, n)
+
+
+class SplitPS:
+    """The user stage's parameter server: users (and taste) are its own rows; items and
+    content are a view of the item stages' rows, and item pushes are collected as gradients.
+
+    An item the view does not have yet gets a provisional row, the same initial row its
+    owner will give it (rows start from a hash of the id), and its gradients go out like any
+    other; the owner admits it or not.
+    """
+
+    def __init__(self, config: TrainConfig, view: ParameterServer) -> None:
+        local = [t for t in config.tables() if t.name in (USERS, TASTE)]
+        self.local = ParameterServer(local)
+        self.view = view
+        self._grads: dict[str, np.ndarray] = {}
+        self._now = 0.0
+
+    def _ps(self, table: str) -> ParameterServer:
+        return self.view if table in (ITEMS, CONTENT) else self.local
+
+    def dim(self, table: str) -> int:
+        return self._ps(table).dim(table)
+
+    def size(self, table: str) -> int:
+        return self._ps(table).size(table)
+
+    def pull(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self._ps(table).pull(table, ids)
+
+    def admit(self, table: str, ids: Sequence[str], *, now: float) -> np.ndarray:
+        return self._ps(table).admit(table, ids, now=now)
+
+    def push(self, table: str, ids: Sequence[str], grads: np.ndarray, *, now: float) -> None:
+        if table != ITEMS:
+            self.local.push(table, ids, grads, now=now)
+            return
+        self.view.pull(table, ids)  # validates the ids, as a push would
+        grads = np.asarray(grads, np.float32)
+        for row_id, grad in zip(ids, grads, strict=True):
+            held = self._grads.get(row_id)
+            self._grads[row_id] = grad.copy() if held is None else held + grad
+        self._now = max(self._now, now)
+
+    def meta(self, table: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self._ps(table).meta(table, ids)
+
+    def put(
+        self,
+        table: str,
+        ids: Sequence[str],
+        rows: np.ndarray,
+        *,
+        now: float,
+        updates: np.ndarray | None = None,
+    ) -> None:
+        self._ps(table).put(table, ids, rows, now=now, updates=updates)
+
+    def sample(self, table: str, n: int, *, seed: int) -> list[str]:
+        return self._ps(table).sample(table, n, seed=seed)
+
+    def expire(self, *, now: float) -> dict[str, list[str]]:
+        return self.local.expire(now=now)  # item rows expire with their owner
+
+    def take_gradients(
+        self, positives: Mapping[str, int], first_ms: Mapping[str, int]
+    ) -> list[Gradient]:
+        """The item gradients pushed since the last take, one per item (summed)."""
+        out = [
+            Gradient(item, grad, positives.get(item, 0), first_ms.get(item, 0), self._now)
+            for item, grad in self._grads.items()
+        ]
+        self._grads = {}
+        return out
+
+
+def view_tables(config: TrainConfig) -> list[TableConfig]:
+    """The tables of a user stage's item view: every row it is sent is taken, none expire."""
+    return [replace(t, min_count=1, ttl_seconds=None)
+            for t in config.tables() if t.name in (ITEMS, CONTENT)]  # fmt: skip
+
+
+def upsert_view(view: ParameterServer, table: str, entries: Mapping[str, bytes | None]) -> None:
+    """Apply changelog records (None: a tombstone) to a view table, last value wins."""
+    gone = [i for i, v in entries.items() if v is None]
+    if gone:
+        view.remove(table, gone)
+    live = {i: v for i, v in entries.items() if v is not None}
+    if not live:
+        return
+    rows = Rows.decode(live, view.dim(table))
+    view.put(table, rows.ids, rows.rows, now=float(rows.last.max()), updates=rows.updates)
+
+
+@dataclass
+class StepResult:
+    """What one user-stage step leaves to write: the core's output and the gradients."""
+
+    out: BatchOutput
+    gradients: list[Gradient]
+
+
+class UserStage:
+    """A :class:`WorkerCore` over a :class:`SplitPS`, counting the events each user learnt."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        view: ParameterServer,
+        batcher: Batcher,
+        letter_bytes: int = LETTER_PAYLOAD_BYTES,
+    ) -> None:
+        self.ps = SplitPS(config, view)
+        self.core = WorkerCore(OnlineTrainer.create(config, self.ps), batcher=batcher,
+                               letter_bytes=letter_bytes, defer_items=True)  # fmt: skip
+        self.events: Counter[str] = Counter()  # events learnt per user (in the changelog)
+
+    def process(self, batch: Sequence[RawRecord]) -> StepResult:
+        out = self.core.process(batch)
+        trainer = self.core.trainer
+        positives: Counter[str] = Counter()
+        first_ms: dict[str, int] = {}
+        for event, ms in zip(out.trained, out.trained_ms, strict=True):
+            self.events[event.user_id] += 1
+            if trainer.weight(event) > 0:
+                positives[event.item_id] += 1
+                first_ms[event.item_id] = min(ms, first_ms.get(event.item_id, ms))
+        out.item_marks = {}  # item vectors are the item stage's to publish
+        return StepResult(out, self.ps.take_gradients(positives, first_ms))
+
+    def changelog(self, evicted: Iterable[str]) -> list[tuple[bytes, bytes | None]]:
+        """Changed user (and taste) rows since the last call; tombstones for ``evicted``."""
+        out: list[tuple[bytes, bytes | None]] = []
+        for delta in self.ps.local.drain():
+            out.extend(row_records(delta, self.events if delta.name == USERS else {}))
+        for user in evicted:
+            self.events.pop(user, None)
+            out.extend((row_key(t, user), None) for t in self.ps.local.tables)
+        return out
+
+    def restore(self, tables: Mapping[str, Mapping[str, bytes]]) -> None:
+        """Load changelog values (by table, then id) into this fresh stage."""
+        for table, entries in tables.items():
+            if table not in self.ps.local.tables:
+                raise ValueError(f"a user-rows record of table {table!r}")
+            rows = Rows.decode(entries, self.ps.local.dim(table))
+            rows.load(self.ps.local, table)
+            if table == USERS:
+                self.events.update(dict(zip(rows.ids, rows.events.tolist(), strict=True)))
+        self.ps.local.drain()  # what was loaded is in the changelog already
+
+
+@dataclass
+class ItemStep:
+    items: list[VectorRecord]
+    evicted: list[str]
+    unadmitted: int
+
+
+class ItemStage:
+    """The item rows of some partitions: applies gradients, takes content, composes vectors."""
+
+    def __init__(self, config: TrainConfig, letter_bytes: int = LETTER_PAYLOAD_BYTES) -> None:
+        self.core = WorkerCore(OnlineTrainer.create(config), letter_bytes=letter_bytes)
+        self.ps: ParameterServer = self.core.trainer.ps  # type: ignore[assignment]
+        self.events: Counter[str] = Counter()  # positive events learnt per item
+
+    def apply(self, gradients: Sequence[Gradient]) -> ItemStep:
+        """Apply gradients (those of one item summed into one update)."""
+        if not gradients:
+            return ItemStep([], [], 0)
+        trainer = self.core.trainer
+        now = max(g.now for g in gradients)
+        ids = [g.item for g in gradients]
+        admitted = self.ps.admit(ITEMS, ids, now=now)
+        kept = [g for g, ok in zip(gradients, admitted.tolist(), strict=True) if ok]
+        if kept:
+            grads = np.stack([g.grad for g in kept])
+            self.ps.push(ITEMS, [g.item for g in kept], grads, now=now)
+        positives: Counter[str] = Counter()
+        first_ms: dict[str, int] = {}
+        for g in kept:
+            if g.events:
+                positives[g.item] += g.events
+                first_ms[g.item] = min(g.event_ms, first_ms.get(g.item, g.event_ms))
+        self.events.update(positives)
+        trainer.frequency.add(positives)
+        evicted = trainer.expire_due(now).get(ITEMS, [])
+        for item in evicted:
+            self.events.pop(item, None)
+        changed = [i for i in dict.fromkeys(g.item for g in kept) if i not in set(evicted)]
+        items = self.core.item_records({i: first_ms.get(i, 0) for i in changed})
+        return ItemStep(items, evicted, len(gradients) - len(kept))
+
+    def changelog(self, evicted: Iterable[str]) -> list[tuple[bytes, bytes | None]]:
+        out: list[tuple[bytes, bytes | None]] = []
+        for delta in self.ps.drain():
+            if delta.name in (ITEMS, CONTENT):
+                out.extend(row_records(delta, self.events if delta.name == ITEMS else {}))
+        out.extend((row_key(ITEMS, i), None) for i in evicted)
+        return out
+
+    def restore(self, tables: Mapping[str, Mapping[str, bytes]]) -> None:
+        for table, entries in tables.items():
+            if table not in (ITEMS, CONTENT):
+                raise ValueError(f"an item-rows record of table {table!r}")
+            rows = Rows.decode(entries, self.ps.dim(table))
+            rows.load(self.ps, table)
+            if table == ITEMS:
+                counts = dict(zip(rows.ids, rows.events.tolist(), strict=True))
+                self.events.update(counts)
+                self.core.trainer.frequency.add({k: v for k, v in counts.items() if v})
+        self.ps.drain()

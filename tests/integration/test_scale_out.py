@@ -1,0 +1,187 @@
+"""More workers, exactly once: two scale-out workers, each killed with SIGKILL mid-stream.
+
+Two ``worker --scale-out`` processes share the user and item stages' partitions (four of
+each) while events arrive, with malformed records among them. Each is killed -9 once and
+restarted while the other keeps working, so partitions move both ways and a restarted
+worker reads its rows back from the changelog topics. When every committed offset has
+reached the end of its topic, each user's row must have learnt exactly that user's valid
+events, and each item's row exactly the positives it was given: no event lost, none
+applied twice. Every user and item also has a served vector.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from services.datagen import GeneratorConfig, InteractionGenerator
+from services.kafka.broker import free_port
+from services.kafka.topics import ensure_topics
+from services.producer import EventProducer
+from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
+from stream.split import Rows, split_key
+from stream.topics import Topics
+from stream.training import ITEMS, USERS
+
+pytestmark = pytest.mark.integration
+
+DIM = 16
+LOG_LEVEL = os.environ.get("STREAMBED_TEST_WORKER_LOG", "WARNING")  # INFO: restores, moves
+WORKER_ARGS = [
+    "--dim", str(DIM), "--negatives", "8", "--batch-size", "128", "--batch-ms", "50",
+    "--partitions", "4", "--session-timeout", "6", "--content-encoder", "none",
+]  # fmt: skip
+
+
+class Worker:
+    def __init__(self, bootstrap: str, prefix: str, app_id: str, log: Path) -> None:
+        self.args = [
+            sys.executable, "-m", "services.cli", "--log-level", LOG_LEVEL, "worker",
+            "--scale-out", "--bootstrap", bootstrap, "--topic-prefix", prefix,
+            "--app-id", app_id, *WORKER_ARGS,
+        ]  # fmt: skip
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*self.args, "--metrics-port", str(free_port())],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=dict(os.environ),
+            )  # fmt: skip
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        assert self.alive(), f"worker died; see {self.log}: {self.log.read_text()[-2000:]}"
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+
+def records(n: int, seed: int = 11) -> tuple[list[Interaction], list[bytes]]:
+    """Valid events and, among them, the raw bytes of a few malformed records."""
+    gen = InteractionGenerator(GeneratorConfig(users=150, items=400, clusters=6, seed=seed))
+    events = [e for e in gen.replay(n) if isinstance(e, Interaction)]
+    events = list({e.event_id: e for e in events}.values())  # one of each id
+    rng = random.Random(seed)
+    poison = [b'{"event_id": "cut', b"[1,2", b'{"user_id": 7}']
+    return events, [rng.choice(poison) for _ in range(n // 200)]
+
+
+def committed_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False)  # fmt: skip
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = consumer.end_offsets(tps)
+        lag = 0
+        for tp in tps:
+            done = consumer.committed(tp) or 0
+            lag += max(0, ends[tp] - done)
+        return lag
+    finally:
+        consumer.close()
+
+
+def read_all(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        isolation_level="read_committed", consumer_timeout_ms=3000,
+    )  # fmt: skip
+    try:
+        return {rec.key: rec.value for rec in consumer}
+    finally:
+        consumer.close()
+
+
+def learnt(rows: dict[bytes, bytes | None], table: str) -> dict[str, int]:
+    entries = {}
+    for key, value in rows.items():
+        t, row_id = split_key(key)
+        if t == table and value is not None:
+            entries[row_id] = value
+    decoded = Rows.decode(entries, DIM)
+    return dict(zip(decoded.ids, decoded.events.tolist(), strict=True))
+
+
+def test_two_workers_killed_mid_stream_apply_each_event_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    prefix, app_id = f"so{tag}-", f"so-{tag}"
+    topics = Topics.with_prefix(prefix, partitions=4)
+    ensure_topics(kafka_bootstrap, topics, scale_out=True)
+    events, poison = records(6000)
+    workers = [Worker(kafka_bootstrap, prefix, app_id, tmp_path / f"w{i}.log") for i in (0, 1)]
+    producer = EventProducer(kafka_bootstrap, topics)
+    try:
+        for w in workers:
+            w.start()
+        chunks = [events[i : i + 500] for i in range(0, len(events), 500)]
+        plan = {3: 1, 7: 0}  # after these chunks, kill -9 this worker and start it again
+        for n, chunk in enumerate(chunks):
+            producer.deliver(chunk)
+            if n == 2:
+                for payload in poison:
+                    producer.send_raw(payload)
+            time.sleep(0.4)
+            if n in plan:
+                w = workers[plan[n]]
+                w.kill9()
+                w.start()
+        producer.flush()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert all(w.alive() for w in workers), [w.log.read_text()[-3000:] for w in workers]
+            lags = (
+                committed_lag(kafka_bootstrap, f"{app_id}-users", topics.interactions, 4),
+                committed_lag(kafka_bootstrap, f"{app_id}-items", topics.gradients, 4),
+            )
+            if lags == (0, 0):
+                break
+            time.sleep(1.0)
+        else:
+            pytest.fail(f"the workers did not catch up: lags {lags}")
+        time.sleep(1.0)  # a last gradient commit may still reach the item stage
+        assert committed_lag(kafka_bootstrap, f"{app_id}-items", topics.gradients, 4) == 0
+    finally:
+        producer.close()
+        for w in workers:
+            w.stop()
+    users_expected = Counter(e.user_id for e in events)
+    items_expected = Counter(
+        e.item_id for e in events if training_weight(e, DEFAULT_TYPE_WEIGHTS) > 0
+    )
+    users = learnt(read_all(kafka_bootstrap, topics.user_rows), USERS)
+    items = learnt(read_all(kafka_bootstrap, topics.item_rows), ITEMS)
+    assert users == dict(users_expected)
+    assert {i: n for i, n in items.items() if n} == dict(items_expected)
+    user_vectors = read_all(kafka_bootstrap, topics.user_vectors)
+    item_vectors = read_all(kafka_bootstrap, topics.item_vectors)
+    assert {k.decode() for k in user_vectors} == set(users_expected)
+    assert set(items_expected) <= {k.decode() for k in item_vectors}
+    letters = read_all(kafka_bootstrap, topics.dlq)
+    assert letters, "the malformed records were dead-lettered"
