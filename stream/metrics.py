@@ -44,6 +44,7 @@ class WorkerMetrics:
     checkpoint_failures: Counter
     failed_steps: Counter
     halted: Gauge
+    partitions: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "streambed_worker") -> WorkerMetrics:
@@ -103,6 +104,9 @@ class WorkerMetrics:
             halted=Gauge(f"{p}_halted",
                          "1 when the worker stopped without checkpointing (an output it could "
                          "not make durable); it restarts from its last checkpoint", registry=r),
+            partitions=Gauge(f"{p}_partitions",
+                             "Input partitions a scale-out stage owns (users: interactions; "
+                             "items: gradients and items)", ["stage"], registry=r),
         )  # fmt: skip
 
     def initialise(self, event_types: Iterable[str]) -> WorkerMetrics:

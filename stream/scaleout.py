@@ -291,6 +291,7 @@ class ScaleOutWorker:
         offsets, within = self._committed(self.users_in, cfg.topics.interactions, parts)
         stage.core.resume(offsets, within)
         self.users = stage
+        self.metrics.partitions.labels(stage="users").set(len(parts))
         log.info("user stage: partitions %s, %d users restored", parts, len(stage.events))
 
     # -- item stage ---------------------------------------------------------------------
@@ -379,6 +380,7 @@ class ScaleOutWorker:
             for part, offset in offsets.items():
                 self.items_in.seek(TopicPartition(topic, part), offset)
         self.items = stage
+        self.metrics.partitions.labels(stage="items").set(len(parts))
         log.info("item stage: partitions %s, %d items restored", parts, len(stage.events))
 
     # -- shared -------------------------------------------------------------------------
