@@ -38,7 +38,17 @@ from stream.batching import BATCH_MS, BATCH_SIZE, Batcher
 from stream.core import BatchOutput, RawRecord, expand
 from stream.metrics import WorkerMetrics
 from stream.schemas import LETTER_PAYLOAD_BYTES
-from stream.split import Gradient, ItemStage, UserStage, split_key, upsert_view, view_tables
+from stream.split import (
+    Gradient,
+    ItemStage,
+    UserStage,
+    coalesce,
+    pack_gradients,
+    split_key,
+    unpack_gradients,
+    upsert_view,
+    view_tables,
+)
 from stream.topics import Topics
 from stream.training import ITEMS, TrainConfig
 
@@ -126,6 +136,9 @@ class ScaleOutWorker:
             "bootstrap_servers": config.bootstrap,
             "transaction_timeout_ms": int(config.transaction_timeout_s * 1000),
             "linger_ms": 5,
+            # a commit sends thousands of rows and vectors: big batches, fewer wake-ups of
+            # the sender thread (a new batch wakes it)
+            "batch_size": 512 * 1024,
         }
         self.users_out = KafkaProducer(transactional_id=f"{config.app_id}-users-{me}", **txn)
         self.items_out = KafkaProducer(transactional_id=f"{config.app_id}-items-{me}", **txn)
@@ -262,8 +275,11 @@ class ScaleOutWorker:
             p.send(t.user_vectors, key=user.encode(), value=value)
         for user in evicted:
             p.send(t.user_vectors, key=user.encode(), value=None)
-        for g in work.gradients:
-            p.send(t.gradients, key=g.item.encode(), value=g.encode())
+        by_owner: dict[int, list[Gradient]] = {}
+        for g in coalesce(work.gradients):
+            by_owner.setdefault(home(g.item, parts), []).append(g)
+        for owner, gradients in by_owner.items():
+            p.send(t.gradients, value=pack_gradients(gradients), partition=owner)
         for key, row in stage.changelog(evicted):
             p.send(t.user_rows, key=key, value=row, partition=home(split_key(key)[1], parts))
         offsets = {
@@ -314,8 +330,8 @@ class ScaleOutWorker:
                     content.append(RawRecord(r.value, r.timestamp, r.partition, r.offset, r.key))
                     continue
                 try:
-                    gradients.append(Gradient.decode(r.key, r.value))
-                except (ValueError, AttributeError) as err:  # not ours: counted, skipped
+                    gradients.extend(unpack_gradients(r.value))
+                except ValueError as err:  # not ours: counted, skipped
                     log.warning("gradients %d@%d: %s", tp.partition, r.offset, err)
                     self.metrics.dead_letters.labels(reason="bad_gradient").inc()
         out = BatchOutput()

@@ -18,13 +18,14 @@ transaction, so a kill -9 anywhere neither loses nor doubles an update.
 Examples
 --------
 >>> g = Gradient("i1", np.ones(2, np.float32), events=3, event_ms=7, now=1.5)
->>> back = Gradient.decode(b"i1", g.encode())
+>>> [back] = unpack_gradients(pack_gradients(coalesce([g, g])))
 >>> back.item, back.grad.tolist(), back.events, back.event_ms, back.now
-('i1', [1.0, 1.0], 3, 7, 1.5)
+('i1', [2.0, 2.0], 6, 7, 1.5)
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,7 +42,6 @@ from stream.schemas import LETTER_PAYLOAD_BYTES
 from stream.training import CONTENT, ITEMS, TASTE, USERS, OnlineTrainer, TrainConfig
 from stream.vectors import VectorRecord
 
-_GRAD = struct.Struct("<Iqd")  # events, event_ms, now; then the gradient (float32)
 _ROW = struct.Struct("<IdQ")  # updates, last update, events; then row and optimizer state
 
 
@@ -60,19 +60,61 @@ class Gradient:
     event_ms: int
     now: float
 
-    def encode(self) -> bytes:
-        head = _GRAD.pack(self.events, self.event_ms, self.now)
-        return head + np.asarray(self.grad, dtype="<f4").tobytes()
 
-    @classmethod
-    def decode(cls, key: bytes, value: bytes) -> Gradient:
-        """Raises ValueError on a record that is not a gradient."""
-        if len(value) < _GRAD.size or (len(value) - _GRAD.size) % 4:
-            raise ValueError(f"a gradient record has {_GRAD.size} + 4 * dim bytes, "
-                             f"got {len(value)}")  # fmt: skip
-        events, event_ms, now = _GRAD.unpack_from(value)
-        grad = np.frombuffer(value, dtype="<f4", offset=_GRAD.size).astype(np.float32)
-        return cls(key.decode(), grad, events, event_ms, now)
+
+_PACK = struct.Struct("<III")  # gradients, dim, bytes of the ids' JSON
+
+
+def _packed_dtype(dim: int) -> np.dtype:
+    return np.dtype([("events", "<u4"), ("event_ms", "<i8"), ("now", "<f8"),
+                     ("grad", "<f4", (dim,))])  # fmt: skip
+
+
+def coalesce(gradients: Iterable[Gradient]) -> list[Gradient]:
+    """One gradient per item: the sum (the owner sums an item's gradients into one update
+    anyway), its events summed, the earliest ``event_ms``, the latest ``now``."""
+    out: dict[str, Gradient] = {}
+    for g in gradients:
+        held = out.get(g.item)
+        if held is None:
+            out[g.item] = g
+            continue
+        first = min(held.event_ms, g.event_ms) if held.events and g.events else (
+            held.event_ms if held.events else g.event_ms)  # fmt: skip
+        out[g.item] = Gradient(g.item, held.grad + g.grad, held.events + g.events, first,
+                               max(held.now, g.now))  # fmt: skip
+    return list(out.values())
+
+
+def pack_gradients(gradients: Sequence[Gradient]) -> bytes:
+    """Many gradients as one record (the ``gradients`` topic is internal, not compacted:
+    one record per item partition per commit instead of one per item)."""
+    dim = len(gradients[0].grad) if gradients else 0
+    ids = json.dumps([g.item for g in gradients]).encode()
+    fixed = np.empty(len(gradients), dtype=_packed_dtype(dim))
+    fixed["events"] = [g.events for g in gradients]
+    fixed["event_ms"] = [g.event_ms for g in gradients]
+    fixed["now"] = [g.now for g in gradients]
+    if gradients:
+        fixed["grad"] = np.stack([g.grad for g in gradients])
+    return _PACK.pack(len(gradients), dim, len(ids)) + ids + fixed.tobytes()
+
+
+def unpack_gradients(value: bytes) -> list[Gradient]:
+    """Raises ValueError on a record that is not a packed gradient record."""
+    try:
+        n, dim, id_bytes = _PACK.unpack_from(value)
+        ids = json.loads(value[_PACK.size : _PACK.size + id_bytes])
+        fixed = np.frombuffer(value, dtype=_packed_dtype(dim), count=n,
+                              offset=_PACK.size + id_bytes)  # fmt: skip
+    except (struct.error, ValueError, TypeError) as err:
+        raise ValueError(f"not a packed gradient record: {err}") from None
+    if not isinstance(ids, list) or len(ids) != n or not all(isinstance(i, str) for i in ids):
+        raise ValueError("not a packed gradient record: its ids do not match its gradients")
+    grads = fixed["grad"].astype(np.float32)
+    return [Gradient(i, grads[k], int(e), int(ms), float(t)) for k, (i, e, ms, t) in enumerate(
+        zip(ids, fixed["events"].tolist(), fixed["event_ms"].tolist(), fixed["now"].tolist(),
+            strict=True))]  # fmt: skip
 
 
 def row_key(table: str, row_id: str) -> bytes:

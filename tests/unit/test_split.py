@@ -17,7 +17,10 @@ from stream.split import (
     ItemStage,
     Rows,
     UserStage,
+    coalesce,
+    pack_gradients,
     split_key,
+    unpack_gradients,
     upsert_view,
     view_tables,
 )
@@ -50,20 +53,32 @@ def run_stages(evs: list[Interaction], step: int = 64) -> tuple[UserStage, ItemS
     records = raw(evs)
     for k in range(0, len(records), step):
         result = users.process(records[k : k + step])
-        wire = [Gradient.decode(g.item.encode(), g.encode()) for g in result.gradients]
+        wire = unpack_gradients(pack_gradients(result.gradients))
         applied = items.apply(wire)
         for table, entries in by_table(items.changelog(applied.evicted)).items():
             upsert_view(view, table, entries)
     return users, items
 
 
-def test_gradient_records_round_trip_and_refuse_other_bytes() -> None:
-    g = Gradient("item-é", np.arange(4, dtype=np.float32), events=2, event_ms=-1, now=3.25)
-    back = Gradient.decode("item-é".encode(), g.encode())
-    assert (back.item, back.grad.tolist(), back.events, back.event_ms, back.now) == (
-        "item-é", [0.0, 1.0, 2.0, 3.0], 2, -1, 3.25)  # fmt: skip
-    with pytest.raises(ValueError, match="gradient record"):
-        Gradient.decode(b"x", b"\x00" * 5)
+def test_packed_gradients_round_trip_any_id_and_refuse_other_bytes() -> None:
+    ids = ["item-é", "a\nb", '"q"', "\ud800x"]  # any string an id may be
+    grads = [Gradient(i, np.full(4, k, np.float32), events=k, event_ms=-k, now=k / 2)
+             for k, i in enumerate(ids)]  # fmt: skip
+    back = unpack_gradients(pack_gradients(grads))
+    assert [(g.item, g.grad.tolist(), g.events, g.event_ms, g.now) for g in back] == [
+        (g.item, g.grad.tolist(), g.events, g.event_ms, g.now) for g in grads]  # fmt: skip
+    assert unpack_gradients(pack_gradients([])) == []
+    for bad in (b"", b"\x00" * 5, pack_gradients(grads)[:-3], b"\x01\x00\x00\x00" * 3 + b"[1]"):
+        with pytest.raises(ValueError, match="packed gradient record"):
+            unpack_gradients(bad)
+
+
+def test_coalesce_sums_an_items_gradients_and_keeps_its_earliest_event() -> None:
+    one = np.ones(2, np.float32)
+    got = coalesce([Gradient("a", one, 0, 0, 1.0), Gradient("a", one, 2, 50, 2.0),
+                    Gradient("b", one, 1, 9, 1.0), Gradient("a", one, 1, 40, 1.5)])  # fmt: skip
+    assert [(g.item, g.grad.tolist(), g.events, g.event_ms, g.now) for g in got] == [
+        ("a", [3.0, 3.0], 3, 40, 2.0), ("b", [1.0, 1.0], 1, 9, 1.0)]  # fmt: skip
 
 
 def test_every_event_is_counted_once_by_its_user_and_its_positive_item() -> None:
