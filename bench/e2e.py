@@ -75,7 +75,9 @@ def wait_drained(pipe: LocalPipeline, consumed: int, timeout: float = 300) -> fl
         done = pipe.worker_metric("streambed_worker_events_total")
         published = pipe.worker_metric("streambed_worker_vectors_published_total")
         applied = pipe.api_metric("streambed_api_vectors_applied_total")
-        if done >= consumed and applied >= published:
+        # a scale-out worker's item stage may still be applying gradients (0 otherwise)
+        behind = pipe.worker_metric("streambed_worker_gradients_lag_records")
+        if done >= consumed and applied >= published and behind == 0:
             return time.monotonic()
         time.sleep(0.1)  # each look renders the worker's /metrics: ~10% of its CPU at 20 Hz
     raise TimeoutError("pipeline did not drain")

@@ -36,6 +36,7 @@ from stream.schemas import Interaction
 from stream.topics import Topics
 
 EVENTS = "streambed_worker_events_total"
+PARTITIONS = "streambed_worker_partitions"
 
 
 def gradient_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
@@ -53,7 +54,7 @@ def settled(urls: list[str], partitions: int) -> bool:
     """Whether every worker owns partitions of both stages and together they own them all
     (the group's rebalances after the workers' start are over)."""
     for stage in ("users", "items"):
-        name = f'streambed_worker_partitions{{stage="{stage}"}}'
+        name = f'{PARTITIONS}{{stage="{stage}"}}'
         owned = [metric_sum(u, name) for u in urls]
         if sum(owned) != partitions or (len(urls) <= partitions and min(owned) == 0):
             return False
@@ -93,8 +94,8 @@ def drain(
             deadline = time.monotonic() + 180
             while check() < 1 or (scale_out and not settled(urls, topics.partitions)):
                 if time.monotonic() > deadline:
-                    owned = {stage: [metric_sum(u, f'streambed_worker_partitions{{stage="{stage}"}}')
-                                     for u in urls] for stage in ("users", "items")}  # fmt: skip
+                    owned = {st: [metric_sum(u, f'{PARTITIONS}{{stage="{st}"}}') for u in urls]
+                             for st in ("users", "items")}  # fmt: skip
                     raise TimeoutError(f"{workers} worker(s) did not start (counted {check()} "
                                        f"events, partitions owned {owned}); see {state}")
                 time.sleep(0.2)
@@ -103,7 +104,7 @@ def drain(
         n = len(history)
         deadline = time.monotonic() + 600
         while check() < n or (scale_out and gradient_lag(
-                bootstrap, f"{app_id}-items", topics.gradients, topics.partitions) > 0):
+                bootstrap, f"{app_id}-scale-out", topics.gradients, topics.partitions) > 0):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{workers} worker(s) did not drain {n} events")
             time.sleep(0.1)

@@ -27,17 +27,20 @@ import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 from evaluation.prequential import top_k
+from paramserver.ps import ParameterServer
 from services.datagen import InteractionGenerator
 from stream.bootstrap import Bootstrapped, load_into
 from stream.frequency import POPULAR_WINDOW, RecentCounts
 from stream.schemas import Interaction, training_weight
 from stream.similarity import blend_weight, interleave
+from stream.split import Gradient, ItemStage, SplitPS, split_key, upsert_view, view_tables
 from stream.training import USERS, OnlineTrainer, TrainConfig
 
 log = logging.getLogger("streambed.evaluation")
@@ -134,6 +137,7 @@ class Streambed:
         self.popular_mix = popular_mix  # as the API's --popular-mix (0: off)
         self.trainer = OnlineTrainer.create(replace(config, dim=boot.config.dim))
         load_into(self.trainer, copy.deepcopy(boot))
+        self.user_trainer = self.trainer  # serves the users (the split learner's differs)
         self.fallback = Popularity(popular_window, name=f"{name}-fallback")
         self.fallback.learn(list(history))
         self._ids: list[str] = []
@@ -192,15 +196,69 @@ class Streambed:
         matrix, servable = self._items(candidates)
         ids = [i for i, ok in zip(candidates, servable.tolist(), strict=True) if ok]
         matrix = matrix[servable]
-        vectors, hit = self.trainer.user_vectors(users, sessions)
+        vectors, hit = self.user_trainer.user_vectors(users, sessions)
         scores = self.trainer.sim.scores(vectors, matrix)
         personal = top_k(scores, ids, k)
         popular = self.fallback.ranked(k, candidates)
         if self.popular_mix > 0:  # users with few updates: part popularity (see the API)
-            updates, _ = self.trainer.ps.meta(USERS, users)
+            updates, _ = self.user_trainer.ps.meta(USERS, users)
             shares = blend_weight(updates, self.popular_mix).tolist()
             personal = [interleave(p, popular, a, k) for p, a in zip(personal, shares, strict=True)]
         return [p if h else popular for p, h in zip(personal, hit.tolist(), strict=True)]
+
+
+class SplitStreambed(Streambed):
+    """The online learner split as the scale-out worker splits it (:mod:`stream.split`): user
+    steps train against a view of the item rows ``lag`` steps old and send item gradients;
+    the item stage applies each step's gradients ``lag`` steps later, and serves the items.
+    ``lag`` 1: the view is as fresh as the item rows can be (one commit behind)."""
+
+    def __init__(self, name: str, boot: Bootstrapped, config: TrainConfig, *, lag: int = 1,
+                 **kwargs: Any) -> None:  # fmt: skip
+        if lag < 1:
+            raise ValueError(f"lag is in steps, at least 1, got {lag}")
+        super().__init__(name, boot, config, **kwargs)
+        cfg = self.trainer.config
+        self.view = ParameterServer(view_tables(cfg))
+        self.split_ps = SplitPS(cfg, self.view)
+        self.user_trainer = OnlineTrainer(self.split_ps, copy.deepcopy(self.trainer.towers), cfg)
+        load_into(self.user_trainer, copy.deepcopy(boot))
+        self.items_stage = ItemStage(cfg)
+        self.items_stage.core.trainer = self.trainer  # the owner: serves the item vectors
+        self.items_stage.ps = self.trainer.ps  # type: ignore[assignment]
+        self.trainer.ps.drain()  # type: ignore[attr-defined]  # the bootstrap is in the view
+        self.lag = lag
+        self._in_flight: list[list[Gradient]] = []
+
+    def add_items(self, ids: list[str], text: np.ndarray, ts: float) -> None:
+        super().add_items(ids, text, ts)
+        self._follow()
+
+    def learn(self, batch: list[Interaction]) -> None:
+        self.fallback.learn(batch)
+        if not self.online:
+            return
+        stats = self.user_trainer.apply(batch)
+        positives: dict[str, int] = {}
+        for event in batch:
+            if self.user_trainer.weight(event) > 0:
+                positives[event.item_id] = positives.get(event.item_id, 0) + 1
+        self._in_flight.append(self.split_ps.take_gradients(positives, {}))
+        while len(self._in_flight) >= self.lag:
+            step = self.items_stage.apply(self._in_flight.pop(0))
+            self._stale.update(r.key for r in step.items)
+        self._stale.update(stats.items)
+        self._stale.update(e.item_id for e in batch)
+        self._follow()
+
+    def _follow(self) -> None:
+        """The view takes the owner's changed rows (what tailing ``item-rows`` gives)."""
+        by_table: dict[str, dict[str, bytes | None]] = {}
+        for key, value in self.items_stage.changelog([]):
+            table, row_id = split_key(key)
+            by_table.setdefault(table, {})[row_id] = value
+        for table, entries in by_table.items():
+            upsert_view(self.view, table, entries)
 
 
 class GeneratorOracle:

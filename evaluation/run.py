@@ -19,7 +19,14 @@ from tqdm import tqdm
 
 from evaluation import report
 from evaluation.data import ItemArrival, Record, generated_stream, read_jsonl, split
-from evaluation.models import ALS, GeneratorOracle, ItemKNN, Popularity, Streambed
+from evaluation.models import (
+    ALS,
+    GeneratorOracle,
+    ItemKNN,
+    Popularity,
+    SplitStreambed,
+    Streambed,
+)
 from evaluation.prequential import EvalConfig, Model, prequential
 from services.datagen import GeneratorConfig, InteractionGenerator
 from stream.batching import BATCH_SIZE
@@ -135,6 +142,9 @@ class RunConfig:
     # only the online learner, its no-blending twin and popularity: the two bars' comparisons,
     # about three times faster, for sweeping a setting
     sweep: bool = False
+    # > 0: also the learner split as the scale-out worker splits it, its item view this
+    # many steps old (evaluation.models.SplitStreambed)
+    split_lag: int = 0
     # the online learner's; None: DATASET_LR, or DATASET_LR_LIVE with batch_ms (chosen on
     # validation at that cadence)
     lr: float | None = None
@@ -342,6 +352,9 @@ def build_models(boot: Bootstrapped, history: list[Record], cfg: RunConfig) -> l
     if cfg.train().taste:  # what the content-taste rows add
         models.insert(1, Streambed("online, no content taste", boot, cfg.train(taste_weight=0.0),
                                    **mixed))  # fmt: skip
+    if cfg.split_lag > 0:  # what the scale-out worker's split costs
+        models.insert(1, SplitStreambed(f"online, split in two stages (lag {cfg.split_lag})",
+                                        boot, cfg.train(), lag=cfg.split_lag, **mixed))  # fmt: skip
     if cfg.mix > 0:  # what the popularity mix adds
         models.insert(1, Streambed("online, no popularity mix", boot, cfg.train(), **common))
     return models

@@ -182,8 +182,11 @@ def _scale_out_worker(args, config, metrics, registry) -> int:  # type: ignore[n
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    worker = ScaleOutWorker(scale, metrics, encode)
-    print(f"worker: scale-out member of {config.app_id}-users / -items", file=sys.stderr)
+    try:
+        worker = ScaleOutWorker(scale, metrics, encode)
+    except ValueError as err:
+        raise SystemExit(f"worker: {err}") from None
+    print(f"worker: a scale-out member of group {scale.group}", file=sys.stderr)
     gc.freeze()
     worker.run(stop.is_set)
     return 0
@@ -630,7 +633,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         lr=args.lr, popular_mix=args.popular_mix, popular_window=args.popular_window,
         taste_weight=args.taste_weight, taste_decay=args.taste_decay,
         negative_sampler=args.negative_sampler, sweep=args.sweep, calibrate=args.calibrate,
-        velocity=args.velocity,
+        velocity=args.velocity, split_lag=args.split_lag,
     )  # fmt: skip
     if args.seeds:
         try:
@@ -1016,6 +1019,9 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     e.add_argument("--velocity", type=float, default=None, metavar="BETA",
                    help="the online learner's young-item velocity weight (0: off; default: "
                         "the dataset's at this cadence)")  # fmt: skip
+    e.add_argument("--split-lag", type=int, default=0, metavar="STEPS",
+                   help="also evaluate the learner split in two stages as `worker --scale-out` "
+                        "runs it, its item view STEPS steps old (0: not)")  # fmt: skip
     e.add_argument("--sweep", action="store_true",
                    help="only online, online without blending and popularity (the bars' "
                         "comparisons; ~3x faster, for choosing a setting)")  # fmt: skip

@@ -1,25 +1,35 @@
-"""The scale-out worker: the two stages of :mod:`stream.split` on kafka-python, each stage's
-outputs, changelog and input offsets committed in one Kafka transaction.
+"""The scale-out worker: the two stages of :mod:`stream.split` on kafka-python, their outputs,
+changelogs and input offsets committed in one Kafka transaction.
 
-One process runs one loop with both stages; every process started with the same settings
-joins the same two consumer groups (``<app id>-users`` on ``interactions``,
-``<app id>-items`` on ``gradients`` and ``items``), so adding a worker, here or on another
-machine, is starting one more process. A stage's rows live in its compacted changelog
-topic; when the group hands a stage partitions (a start, a worker joining or dying) it drops
-its state and reads its partitions' changelogs back, then resumes from the offsets committed
-with them. Downstream consumers read ``read_committed``, so an aborted or never-committed
-transaction (a kill -9 between begin and commit) is as if it never ran: each event's update
-is applied exactly once, whichever process dies when.
+Every process started with the same settings joins one consumer group
+(``<app id>-scale-out``) on ``interactions``, ``gradients`` and ``items``, all with the same
+partition count: the range assignor gives a member partition p of each, so it runs the user
+stage of interactions partition p and the item stage of gradients (and content) partition p.
+Adding a worker, here or on another machine, is starting one more process. A stage's rows
+live in its compacted changelog topic (``user-rows``, ``item-rows``; partition p holds the
+rows of input partition p); when the group hands a worker partitions (a start, a worker
+joining or dying) it drops its state and reads those partitions' changelogs back, then
+resumes from the offsets committed with them. Downstream consumers read ``read_committed``,
+so a transaction a kill -9 left open is as if it never ran: each event's update is applied
+exactly once, whichever process dies when.
 
-Every ``commit_ms`` (and on a stop) a stage with work commits: the user stage sends its
-users' vectors, the gradients, its dead letters and its changed user rows, then the
-positions it has consumed to (with the events already taken of a batch record that a
-micro-batch cut, in the offset's metadata); the item stage sends item vectors and item rows.
+Every ``commit_ms`` (and on a stop) a worker with work commits one transaction: its users'
+vectors, the gradients (one packed record per owning partition), dead letters, changed user
+rows; item vectors and changed item rows; and the positions it has consumed to on all three
+topics (with the events already taken of a batch record that a micro-batch cut, in the
+offset's metadata).
+
+One consumer and one producer per process, not one per stage: with two consumers a
+kafka-python 3.0.12 ``poll`` with a short timeout twice never returned (waiting on the
+group coordinator); a loop that stalls that long is ended by the watchdog, and the worker
+exits for its supervisor to restart it (which exactly-once makes safe).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -33,7 +43,7 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from paramserver.ps import ParameterServer
-from stream.app import record_metrics, record_published
+from stream.app import record_metrics
 from stream.batching import BATCH_MS, BATCH_SIZE, Batcher
 from stream.core import BatchOutput, RawRecord, expand
 from stream.metrics import WorkerMetrics
@@ -62,7 +72,7 @@ class ScaleOutConfig:
     topics: Topics = field(default_factory=Topics)
     batch_size: int = BATCH_SIZE
     batch_ms: int = BATCH_MS
-    # how often each stage commits its transaction (Kafka Streams' default under
+    # how often a worker commits its transaction (Kafka Streams' default under
     # exactly-once is 100 ms): a vector is visible to read_committed replicas after it
     commit_ms: int = 100
     # a partial micro-batch is trained once its window ended this long ago (wall clock)
@@ -71,6 +81,9 @@ class ScaleOutConfig:
     # how long the broker keeps a dead worker's open transaction before aborting it; the
     # partitions' next owner waits for that before it reads their changelog
     transaction_timeout_s: float = 10.0
+    # a loop iteration that takes longer than this ends the process (exit 75): a client
+    # call that never returns must not hold the partitions
+    stall_s: float = 60.0
     letter_bytes: int = LETTER_PAYLOAD_BYTES
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -81,6 +94,10 @@ class ScaleOutConfig:
         if self.train.calibrated:
             raise ValueError("--scale-out does not estimate the catalogue's moments yet: "
                              "run it without --calibrate")  # fmt: skip
+
+    @property
+    def group(self) -> str:
+        return f"{self.app_id}-scale-out"
 
 
 def home(key: str, partitions: int) -> int:
@@ -119,38 +136,46 @@ class ScaleOutWorker:
             "enable_auto_commit": False,
             "isolation_level": "read_committed",
             "auto_offset_reset": "earliest",
-            "session_timeout_ms": int(config.session_timeout_s * 1000),
-            "heartbeat_interval_ms": int(config.session_timeout_s * 1000 / 4),
             "fetch_max_wait_ms": 100,
-            "max_poll_records": config.batch_size,
         }
-        self.users_at = _Assignment()
-        self.items_at = _Assignment()
-        self.users_in = KafkaConsumer(group_id=f"{config.app_id}-users", **common)
-        self.users_in.subscribe([t.interactions], listener=self.users_at)
-        self.items_in = KafkaConsumer(group_id=f"{config.app_id}-items", **common)
-        self.items_in.subscribe([t.gradients, t.items], listener=self.items_at)
+        self.assignment = _Assignment()
+        self.consumer = KafkaConsumer(
+            group_id=config.group, **common, max_poll_records=config.batch_size,
+            session_timeout_ms=int(config.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(config.session_timeout_s * 1000 / 4),
+        )  # fmt: skip
+        self.consumer.subscribe([t.interactions, t.gradients, t.items], listener=self.assignment)
         self.view_in = KafkaConsumer(**{**common, "group_id": None})
-        me = uuid.uuid4().hex[:8]
-        txn: dict[str, Any] = {
-            "bootstrap_servers": config.bootstrap,
-            "transaction_timeout_ms": int(config.transaction_timeout_s * 1000),
-            "linger_ms": 5,
+        self._check_partitions()
+        self.producer = KafkaProducer(
+            bootstrap_servers=config.bootstrap,
+            transactional_id=f"{config.app_id}-{uuid.uuid4().hex[:12]}",
+            transaction_timeout_ms=int(config.transaction_timeout_s * 1000),
+            linger_ms=5,
             # a commit sends thousands of rows and vectors: big batches, fewer wake-ups of
             # the sender thread (a new batch wakes it)
-            "batch_size": 512 * 1024,
-        }
-        self.users_out = KafkaProducer(transactional_id=f"{config.app_id}-users-{me}", **txn)
-        self.items_out = KafkaProducer(transactional_id=f"{config.app_id}-items-{me}", **txn)
-        self.users_out.init_transactions()
-        self.items_out.init_transactions()
+            batch_size=512 * 1024,
+        )  # fmt: skip
+        self.producer.init_transactions()
         self.view = ParameterServer(view_tables(config.train))
         self.users: UserStage | None = None
         self.items: ItemStage | None = None
-        self._user_work = _Pending()
-        self._item_work = _Pending()
-        self._items_committed: dict[TopicPartition, int] = {}
-        self._users_committed: dict[int, tuple[int, int]] = {}
+        self._work = _Pending()
+        self._committed: dict[TopicPartition, tuple[int, int]] = {}
+        self._beat = time.monotonic()
+
+    def _check_partitions(self) -> None:
+        """Partition p of each input topic, its changelog's partition p and the content of
+        partition p hold the same rows: every topic must have the configured count."""
+        t = self.config.topics
+        wrong = []
+        for topic in (t.interactions, t.items, t.gradients, t.user_rows, t.item_rows):
+            found = self.view_in.partitions_for_topic(topic)
+            if found is None or len(found) != t.partitions:
+                wrong.append(f"{topic} has {len(found) if found else 'no'} partitions")
+        if wrong:
+            raise ValueError("the scale-out worker needs every topic with --partitions "
+                             f"{t.partitions}: " + ", ".join(wrong))  # fmt: skip
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -158,31 +183,221 @@ class ScaleOutWorker:
         """Run until ``should_stop()`` (checked between polls) or ``max_seconds``; commits
         what it did before it returns."""
         start = time.monotonic()
+        done = threading.Event()
+        threading.Thread(target=self._watch, args=(done,), name="streambed-watchdog",
+                         daemon=True).start()  # fmt: skip
         self._follow_view(catch_up_s=30.0)
-        last_users = last_items = time.monotonic()
+        last = time.monotonic()
         period = self.config.commit_ms / 1000
         try:
             while not should_stop():
-                if max_seconds is not None and time.monotonic() - start > max_seconds:
+                self._beat = time.monotonic()
+                if max_seconds is not None and self._beat - start > max_seconds:
                     break
                 self._follow_view()
-                self._poll_users()
+                self._poll()
                 self._cut_idle()
-                self._poll_items()
-                now = time.monotonic()
-                if now - last_users >= period:
-                    self._commit_users()
-                    last_users = now
-                if now - last_items >= period:
-                    self._commit_items()
-                    last_items = now
-            self._commit_users()
-            self._commit_items()
+                if time.monotonic() - last >= period:
+                    self._commit()
+                    last = time.monotonic()
+            self._commit()
         finally:
-            for client in (self.users_in, self.items_in, self.view_in):
+            done.set()
+            for client in (self.consumer, self.view_in):
                 client.close()
-            for producer in (self.users_out, self.items_out):
-                producer.close(timeout=5)
+            self.producer.close(timeout=5)
+
+    def _watch(self, done: threading.Event) -> None:
+        """End the process when one loop iteration has taken ``stall_s``: its partitions'
+        work is redone by the next owner (or by this worker, restarted)."""
+        while not done.wait(1.0):
+            stalled = time.monotonic() - self._beat
+            if stalled > self.config.stall_s:
+                log.error("the worker's loop made no progress for %.0f s (a Kafka client call "
+                          "that did not return): exiting for a restart", stalled)  # fmt: skip
+                logging.shutdown()
+                os._exit(75)
+
+    def _poll(self) -> None:
+        batch = self.consumer.poll(timeout_ms=20)
+        if self.assignment.changed:
+            self._restore()
+            return  # records fetched before the restore are read again from the offsets
+        if self.users is None or self.items is None or not batch:
+            return
+        t = self.config.topics
+        users: list[RawRecord] = []
+        content: list[RawRecord] = []
+        gradients: list[Gradient] = []
+        for tp, recs in batch.items():
+            if tp.topic == t.interactions:
+                users.extend(RawRecord(r.value, r.timestamp, r.partition, r.offset, r.key)
+                             for r in recs)  # fmt: skip
+            elif tp.topic == t.items:
+                content.extend(RawRecord(r.value, r.timestamp, r.partition, r.offset, r.key)
+                               for r in recs)  # fmt: skip
+            else:
+                for r in recs:
+                    try:
+                        gradients.extend(unpack_gradients(r.value))
+                    except ValueError as err:  # not ours: counted, skipped
+                        log.warning("%s %d@%d: %s", tp.topic, tp.partition, r.offset, err)
+                        self.metrics.dead_letters.labels(reason="bad_gradient").inc()
+        if users:
+            closed, replayed = self.users.core.accept(users)
+            if replayed:
+                self.metrics.replayed.inc(replayed)
+            for cut in closed:
+                self._user_step(cut)
+        if content or gradients:
+            self._item_step(content, gradients)
+
+    def _cut_idle(self) -> None:
+        if self.users is None:
+            return
+        now_ms = int(time.time() * 1000)
+        for cut in self.users.core.batcher.flush_idle(now_ms, self.config.idle_grace_ms):
+            self._user_step(cut)
+
+    def _user_step(self, cut: list[RawRecord]) -> None:
+        assert self.users is not None
+        started = time.perf_counter()
+        step = self.users.process(cut)
+        self._work.users.append((step.out, len(cut), time.perf_counter() - started))
+        self._work.gradients.extend(step.gradients)
+
+    def _item_step(self, content: list[RawRecord], gradients: list[Gradient]) -> None:
+        assert self.items is not None
+        started = time.perf_counter()
+        out = BatchOutput()
+        if content and self.encode is not None:
+            added = self.items.core.add_items(expand(content), self.encode)
+            out.items.extend(added.items)
+            out.dead_letters.extend(added.dead_letters)
+        step = self.items.apply(gradients)
+        out.items.extend(step.items)
+        out.evicted_items.extend(step.evicted)
+        out.unadmitted = step.unadmitted
+        self._work.items.append((out, len(gradients), time.perf_counter() - started))
+
+    def _positions(self) -> dict[TopicPartition, tuple[int, int]]:
+        """Where this worker has consumed to: interactions as far as its tables reflect
+        (offset, events of that record taken), the item stage's topics as far as polled."""
+        assert self.users is not None
+        t = self.config.topics
+        owned, taken = self.assignment.partitions, self.users.core.checkpoint_positions()
+        out = {TopicPartition(t.interactions, p): at for p, at in taken.items() if p in owned}
+        for tp in self.consumer.assignment():
+            if tp.topic != t.interactions:
+                out[tp] = (self.consumer.position(tp), 0)
+        return out
+
+    def _commit(self) -> None:
+        users, items, work = self.users, self.items, self._work
+        if users is None or items is None:
+            return
+        positions = self._positions()
+        if work.empty and positions == self._committed:
+            return
+        t = self.config.topics
+        parts = t.partitions
+        p = self.producer
+        p.begin_transaction()
+        evicted_users: list[str] = []
+        vectors: dict[str, bytes | None] = {}
+        for out, _, _ in work.users:
+            for rec in out.users:
+                vectors[rec.key] = rec.encode()
+            for user in out.evicted_users:
+                vectors[user] = None
+            evicted_users.extend(out.evicted_users)
+            for letter in out.dead_letters:
+                p.send(t.dlq, value=letter.payload)
+        for user, value in vectors.items():
+            p.send(t.user_vectors, key=user.encode(), value=value)
+        sent = {"user": _tally(vectors)}
+        by_owner: dict[int, list[Gradient]] = {}
+        for g in coalesce(work.gradients):
+            by_owner.setdefault(home(g.item, parts), []).append(g)
+        for owner, gradients in by_owner.items():
+            p.send(t.gradients, value=pack_gradients(gradients), partition=owner)
+        for key, row in users.changelog(evicted_users):
+            p.send(t.user_rows, key=key, value=row, partition=home(split_key(key)[1], parts))
+        evicted_items: list[str] = []
+        vectors = {}
+        for out, _, _ in work.items:
+            for rec in out.items:
+                vectors[rec.key] = rec.encode()
+            for item in out.evicted_items:
+                vectors[item] = None
+            evicted_items.extend(out.evicted_items)
+            for letter in out.dead_letters:
+                p.send(t.dlq, value=letter.payload)
+        for item, value in vectors.items():
+            p.send(t.item_vectors, key=item.encode(), value=value)
+        sent["item"] = _tally(vectors)
+        for key, row in items.changelog(evicted_items):
+            p.send(t.item_rows, key=key, value=row, partition=home(split_key(key)[1], parts))
+        offsets = {tp: OffsetAndMetadata(offset, str(index), -1)
+                   for tp, (offset, index) in positions.items()}  # fmt: skip
+        p.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+        p.commit_transaction()
+        self._committed = positions
+        self._work = _Pending()
+        self._count(work, sent)
+
+    def _count(self, work: _Pending, sent: dict[str, tuple[int, int]]) -> None:
+        """Metrics of committed work only: a replay after a crash counts nothing twice.
+        ``sent``: vectors and tombstones written, by kind (the last of each key)."""
+        assert self.users is not None and self.items is not None
+        for kind, (vectors, tombstones) in sent.items():
+            self.metrics.vectors_published.labels(kind=kind).inc(vectors)
+            self.metrics.evictions_published.labels(kind=kind).inc(tombstones)
+        for out, n, seconds in work.users:
+            record_metrics(self.metrics, self.users.core, out, n, seconds)
+        for out, _, _ in work.items:
+            for letter in out.dead_letters:
+                self.metrics.dead_letters.labels(reason=letter.reason).inc()
+            if out.unadmitted:
+                self.metrics.unadmitted.inc(out.unadmitted)
+        self.metrics.rows.labels(table=ITEMS).set(self.items.ps.size(ITEMS))
+        self._lag()
+
+    def _lag(self) -> None:
+        """Consumer lag per partition from the watermarks the consumer last saw (no broker
+        call), and the gradients not yet applied (a drain is over when it is 0 too)."""
+        gradients = 0
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            lag = max(0, high - self.consumer.position(tp))
+            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+            if tp.topic == self.config.topics.gradients:
+                gradients += lag
+        self.metrics.gradients_lag.set(gradients)
+
+    def _restore(self) -> None:
+        """Drop both stages and read the assigned partitions' rows back."""
+        self.assignment.changed = False
+        self._work = _Pending()
+        self._committed = {}
+        cfg, t = self.config, self.config.topics
+        parts = sorted(self.assignment.partitions)
+        users = UserStage(cfg.train, self.view, Batcher(cfg.batch_size, cfg.batch_ms),
+                          cfg.letter_bytes)  # fmt: skip
+        users.restore(self._read_changelog(t.user_rows, parts))
+        items = ItemStage(cfg.train, cfg.letter_bytes)
+        items.restore(self._read_changelog(t.item_rows, parts))
+        offsets, within = self._committed_offsets(t.interactions, parts)
+        users.core.resume(offsets, within)
+        for topic in (t.gradients, t.items):
+            self._committed_offsets(topic, parts)
+        self.users, self.items = users, items
+        for stage in ("users", "items"):
+            self.metrics.partitions.labels(stage=stage).set(len(parts))
+        log.info("partitions %s: %d users and %d items restored", parts, len(users.events),
+                 len(items.events))  # fmt: skip
 
     # -- the item-row view -------------------------------------------------------------
 
@@ -196,6 +411,7 @@ class ScaleOutWorker:
             self.view_in.seek_to_beginning(*tps)
         deadline = time.monotonic() + catch_up_s
         while True:
+            self._beat = time.monotonic()
             batch = self.view_in.poll(timeout_ms=0 if not catch_up_s else 200)
             by_table: dict[str, dict[str, bytes | None]] = {}
             for records in batch.values():
@@ -213,191 +429,6 @@ class ScaleOutWorker:
         tps = list(consumer.assignment())
         ends = consumer.end_offsets(tps)
         return all(consumer.position(tp) >= ends[tp] for tp in tps)
-
-    # -- user stage ---------------------------------------------------------------------
-
-    def _poll_users(self) -> None:
-        batch = self.users_in.poll(timeout_ms=20)
-        if self.users_at.changed:
-            self._restore_users()
-            return  # records fetched before the restore are read again from the offsets
-        if self.users is None:
-            return
-        records = [
-            RawRecord(r.value, r.timestamp, r.partition, r.offset, r.key)
-            for recs in batch.values() for r in recs
-        ]  # fmt: skip
-        if not records:
-            return
-        closed, replayed = self.users.core.accept(records)
-        if replayed:
-            self.metrics.replayed.inc(replayed)
-        for cut in closed:
-            self._user_step(cut)
-
-    def _cut_idle(self) -> None:
-        if self.users is None:
-            return
-        now_ms = int(time.time() * 1000)
-        for cut in self.users.core.batcher.flush_idle(now_ms, self.config.idle_grace_ms):
-            self._user_step(cut)
-
-    def _user_step(self, cut: list[RawRecord]) -> None:
-        assert self.users is not None
-        started = time.perf_counter()
-        step = self.users.process(cut)
-        self._user_work.outputs.append((step.out, len(cut), time.perf_counter() - started))
-        self._user_work.gradients.extend(step.gradients)
-
-    def _commit_users(self) -> None:
-        stage, work = self.users, self._user_work
-        if stage is None:
-            return
-        positions = {part: at for part, at in stage.core.checkpoint_positions().items()
-                     if part in self.users_at.partitions}  # fmt: skip
-        if not work.outputs and positions == self._users_committed:
-            return
-        t = self.config.topics
-        parts = self.config.topics.partitions
-        p = self.users_out
-        p.begin_transaction()
-        evicted: list[str] = []
-        latest: dict[str, bytes] = {}
-        for out, _, _ in work.outputs:
-            for rec in out.users:
-                latest[rec.key] = rec.encode()
-            for user in out.evicted_users:
-                latest.pop(user, None)
-            evicted.extend(out.evicted_users)
-            for letter in out.dead_letters:
-                p.send(t.dlq, value=letter.payload)
-        for user, value in latest.items():
-            p.send(t.user_vectors, key=user.encode(), value=value)
-        for user in evicted:
-            p.send(t.user_vectors, key=user.encode(), value=None)
-        by_owner: dict[int, list[Gradient]] = {}
-        for g in coalesce(work.gradients):
-            by_owner.setdefault(home(g.item, parts), []).append(g)
-        for owner, gradients in by_owner.items():
-            p.send(t.gradients, value=pack_gradients(gradients), partition=owner)
-        for key, row in stage.changelog(evicted):
-            p.send(t.user_rows, key=key, value=row, partition=home(split_key(key)[1], parts))
-        offsets = {
-            TopicPartition(t.interactions, part): OffsetAndMetadata(offset, str(index), -1)
-            for part, (offset, index) in positions.items()
-        }
-        p.send_offsets_to_transaction(offsets, self.users_in.group_metadata())
-        p.commit_transaction()
-        for out, n, seconds in work.outputs:
-            record_metrics(self.metrics, stage.core, out, n, seconds)
-            record_published(self.metrics, out)
-        self._user_work = _Pending()
-        self._users_committed = positions
-
-    def _restore_users(self) -> None:
-        """Drop the user stage and read the assigned partitions' rows back."""
-        self.users_at.changed = False
-        self._user_work = _Pending()
-        self._users_committed = {}
-        cfg = self.config
-        stage = UserStage(cfg.train, self.view, Batcher(cfg.batch_size, cfg.batch_ms),
-                          cfg.letter_bytes)  # fmt: skip
-        parts = sorted(self.users_at.partitions)
-        stage.restore(self._read_changelog(cfg.topics.user_rows, parts))
-        offsets, within = self._committed(self.users_in, cfg.topics.interactions, parts)
-        stage.core.resume(offsets, within)
-        self.users = stage
-        self.metrics.partitions.labels(stage="users").set(len(parts))
-        log.info("user stage: partitions %s, %d users restored", parts, len(stage.events))
-
-    # -- item stage ---------------------------------------------------------------------
-
-    def _poll_items(self) -> None:
-        batch = self.items_in.poll(timeout_ms=5)
-        if self.items_at.changed:
-            self._restore_items()
-            return
-        stage = self.items
-        if stage is None or not batch:
-            return
-        t = self.config.topics
-        started = time.perf_counter()
-        gradients: list[Gradient] = []
-        content: list[RawRecord] = []
-        for tp, recs in batch.items():
-            for r in recs:
-                if tp.topic == t.items:
-                    content.append(RawRecord(r.value, r.timestamp, r.partition, r.offset, r.key))
-                    continue
-                try:
-                    gradients.extend(unpack_gradients(r.value))
-                except ValueError as err:  # not ours: counted, skipped
-                    log.warning("gradients %d@%d: %s", tp.partition, r.offset, err)
-                    self.metrics.dead_letters.labels(reason="bad_gradient").inc()
-        out = BatchOutput()
-        if content and self.encode is not None:
-            added = stage.core.add_items(expand(content), self.encode)
-            out.items.extend(added.items)
-            out.dead_letters.extend(added.dead_letters)
-        step = stage.apply(gradients)
-        out.items.extend(step.items)
-        out.evicted_items.extend(step.evicted)
-        out.unadmitted = step.unadmitted
-        self._item_work.outputs.append((out, len(gradients), time.perf_counter() - started))
-
-    def _commit_items(self) -> None:
-        stage, work = self.items, self._item_work
-        if stage is None:
-            return
-        positions = {tp: self.items_in.position(tp) for tp in self.items_in.assignment()}
-        if not work.outputs and positions == self._items_committed:
-            return
-        t = self.config.topics
-        parts = t.partitions
-        p = self.items_out
-        p.begin_transaction()
-        latest: dict[str, bytes | None] = {}
-        evicted: list[str] = []
-        for out, _, _ in work.outputs:
-            for rec in out.items:
-                latest[rec.key] = rec.encode()
-            for item in out.evicted_items:
-                latest[item] = None
-            evicted.extend(out.evicted_items)
-            for letter in out.dead_letters:
-                p.send(t.dlq, value=letter.payload)
-        for item, value in latest.items():
-            p.send(t.item_vectors, key=item.encode(), value=value)
-        for key, row in stage.changelog(evicted):
-            p.send(t.item_rows, key=key, value=row, partition=home(split_key(key)[1], parts))
-        # every record poll returned is in this transaction's outputs: the positions
-        offsets = {tp: OffsetAndMetadata(at, "", -1) for tp, at in positions.items()}
-        p.send_offsets_to_transaction(offsets, self.items_in.group_metadata())
-        p.commit_transaction()
-        for out, _, _ in work.outputs:
-            record_published(self.metrics, out)
-            for letter in out.dead_letters:
-                self.metrics.dead_letters.labels(reason=letter.reason).inc()
-            if out.unadmitted:
-                self.metrics.unadmitted.inc(out.unadmitted)
-        self.metrics.rows.labels(table=ITEMS).set(stage.ps.size(ITEMS))
-        self._item_work = _Pending()
-        self._items_committed = positions
-
-    def _restore_items(self) -> None:
-        self.items_at.changed = False
-        self._item_work = _Pending()
-        self._items_committed = {}
-        stage = ItemStage(self.config.train, self.config.letter_bytes)
-        parts = sorted(self.items_at.partitions)
-        stage.restore(self._read_changelog(self.config.topics.item_rows, parts))
-        for topic in (self.config.topics.gradients, self.config.topics.items):
-            offsets, _ = self._committed(self.items_in, topic, parts)
-            for part, offset in offsets.items():
-                self.items_in.seek(TopicPartition(topic, part), offset)
-        self.items = stage
-        self.metrics.partitions.labels(stage="items").set(len(parts))
-        log.info("item stage: partitions %s, %d items restored", parts, len(stage.events))
 
     # -- shared -------------------------------------------------------------------------
 
@@ -420,6 +451,7 @@ class ScaleOutWorker:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"could not read {topic} {parts} to its end: an open "
                                        "transaction was not resolved")  # fmt: skip
+                self._beat = time.monotonic()  # reading is progress (the watchdog)
                 for records in reader.poll(timeout_ms=200).values():
                     for rec in records:
                         table, row_id = split_key(rec.key)
@@ -428,12 +460,12 @@ class ScaleOutWorker:
             reader.close()
         return {t: {i: v for i, v in rows.items() if v is not None} for t, rows in tables.items()}
 
-    @staticmethod
-    def _committed(
-        consumer: KafkaConsumer, topic: str, parts: list[int]
+    def _committed_offsets(
+        self, topic: str, parts: list[int]
     ) -> tuple[dict[int, int], dict[int, int]]:
         """Per partition, the committed offset (the start without one) and the events of the
-        record there already taken (the commit's metadata)."""
+        record there already taken (the commit's metadata); the consumer seeks there."""
+        consumer = self.consumer
         offsets: dict[int, int] = {}
         within: dict[int, int] = {}
         tps = [TopicPartition(topic, p) for p in parts]
@@ -442,6 +474,7 @@ class ScaleOutWorker:
             found = consumer.committed(tp, metadata=True)
             if found is None:
                 offsets[tp.partition] = begin[tp]
+                consumer.seek(tp, begin[tp])
                 continue
             offsets[tp.partition] = found.offset
             within[tp.partition] = int(found.metadata or 0)
@@ -449,10 +482,21 @@ class ScaleOutWorker:
         return offsets, within
 
 
+def _tally(vectors: dict[str, bytes | None]) -> tuple[int, int]:
+    """(vectors, tombstones) among the values a commit wrote."""
+    tombstones = sum(1 for v in vectors.values() if v is None)
+    return len(vectors) - tombstones, tombstones
+
+
 @dataclass
 class _Pending:
-    """A stage's processed work not yet committed: outputs (with their record counts and
-    step times) and, for the user stage, the gradients."""
+    """Work done and not yet committed: each stage's outputs (with their record counts and
+    step times) and the user stage's gradients."""
 
-    outputs: list[tuple[BatchOutput, int, float]] = field(default_factory=list)
+    users: list[tuple[BatchOutput, int, float]] = field(default_factory=list)
+    items: list[tuple[BatchOutput, int, float]] = field(default_factory=list)
     gradients: list[Gradient] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.users or self.items or self.gradients)

@@ -157,8 +157,8 @@ def test_two_workers_killed_mid_stream_apply_each_event_once(
         while time.monotonic() < deadline:
             assert all(w.alive() for w in workers), [w.log.read_text()[-3000:] for w in workers]
             lags = (
-                committed_lag(kafka_bootstrap, f"{app_id}-users", topics.interactions, 4),
-                committed_lag(kafka_bootstrap, f"{app_id}-items", topics.gradients, 4),
+                committed_lag(kafka_bootstrap, f"{app_id}-scale-out", topics.interactions, 4),
+                committed_lag(kafka_bootstrap, f"{app_id}-scale-out", topics.gradients, 4),
             )
             if lags == (0, 0):
                 break
@@ -166,7 +166,7 @@ def test_two_workers_killed_mid_stream_apply_each_event_once(
         else:
             pytest.fail(f"the workers did not catch up: lags {lags}")
         time.sleep(1.0)  # a last gradient commit may still reach the item stage
-        assert committed_lag(kafka_bootstrap, f"{app_id}-items", topics.gradients, 4) == 0
+        assert committed_lag(kafka_bootstrap, f"{app_id}-scale-out", topics.gradients, 4) == 0
     finally:
         producer.close()
         for w in workers:
