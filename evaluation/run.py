@@ -323,6 +323,9 @@ def build_models(boot: Bootstrapped, history: list[Record], cfg: RunConfig) -> l
         Streambed("online", boot, cfg.train(), **mixed),
         Streambed("online, no blending", boot, cfg.train(blend_k=0.0), **mixed),
     ]
+    if cfg.split_lag > 0:  # what the scale-out worker's split costs
+        learners.append(SplitStreambed(f"online, split in two stages (lag {cfg.split_lag})",
+                                       boot, cfg.train(), lag=cfg.split_lag, **mixed))  # fmt: skip
     if cfg.sweep:
         return [*learners, popularity]
     models: list[Model] = [
@@ -352,9 +355,6 @@ def build_models(boot: Bootstrapped, history: list[Record], cfg: RunConfig) -> l
     if cfg.train().taste:  # what the content-taste rows add
         models.insert(1, Streambed("online, no content taste", boot, cfg.train(taste_weight=0.0),
                                    **mixed))  # fmt: skip
-    if cfg.split_lag > 0:  # what the scale-out worker's split costs
-        models.insert(1, SplitStreambed(f"online, split in two stages (lag {cfg.split_lag})",
-                                        boot, cfg.train(), lag=cfg.split_lag, **mixed))  # fmt: skip
     if cfg.mix > 0:  # what the popularity mix adds
         models.insert(1, Streambed("online, no popularity mix", boot, cfg.train(), **common))
     return models

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from evaluation.data import ItemArrival, generated_stream, read_jsonl, split, write_jsonl
-from evaluation.models import ALS, GeneratorOracle, ItemKNN, Popularity, Streambed
+from evaluation.models import (
+    ALS,
+    GeneratorOracle,
+    ItemKNN,
+    Popularity,
+    SplitStreambed,
+    Streambed,
+)
 from evaluation.prequential import (
     EvalConfig,
     EvalResult,
@@ -567,3 +574,26 @@ def test_report_write_survives_empty_buckets(tmp_path: Path) -> None:
     result = prequential(stream, [Recorder()], fake_encode, EvalConfig())
     paths = write(result, {"note": "tiny"}, tmp_path)
     assert all(p.exists() for p in paths)
+
+
+def test_the_split_learner_with_a_current_view_is_the_single_learner() -> None:
+    """The scale-out worker's split (user steps against a view of the item rows, item rows
+    moved only by the gradients sent) changes nothing while the view is current (lag 1): the
+    same rows and lists as the single learner. A staler view (lag 2) moves them."""
+    history, rest, boot = _small_boot(epochs=1)
+    config = TrainConfig(dim=8, negatives=8)
+    single = Streambed("online", boot, config)
+    split_1 = SplitStreambed("split, lag 1", boot, config, lag=1)
+    split_2 = SplitStreambed("split, lag 2", boot, config, lag=2)
+    seed_items = [r for r in history if isinstance(r, ItemArrival)]
+    result = prequential(seed_items + rest, [single, split_1, split_2], CachedEncoder(fake_encode),
+                         EvalConfig(k=10, batch_size=64))  # fmt: skip
+    items, users = boot.items, split_1.split_ps.local.ids("users")
+    np.testing.assert_allclose(split_1.trainer.ps.pull("items", items)[0],
+                               single.trainer.ps.pull("items", items)[0], atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(split_1.split_ps.local.pull("users", users)[0],
+                               single.trainer.ps.pull("users", users)[0], atol=1e-6)  # fmt: skip
+    summary = result.summary()
+    assert summary["split, lag 1"] == summary["online"]
+    assert not np.allclose(split_2.trainer.ps.pull("items", items)[0],
+                           single.trainer.ps.pull("items", items)[0], atol=1e-6)  # fmt: skip
