@@ -25,9 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-
-from bench.e2e import events, raw_consume_rate
+from bench.e2e import committed_lag, events, raw_consume_rate
 from services.kafka.broker import BrokerConfig, LocalBroker, free_port
 from services.kafka.topics import ensure_topics
 from services.local import metric_sum
@@ -37,17 +35,6 @@ from stream.topics import Topics
 
 EVENTS = "streambed_worker_events_total"
 PARTITIONS = "streambed_worker_partitions"
-
-
-def gradient_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             enable_auto_commit=False)  # fmt: skip
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = consumer.end_offsets(tps)
-        return sum(max(0, ends[tp] - (consumer.committed(tp) or 0)) for tp in tps)
-    finally:
-        consumer.close()
 
 
 def settled(urls: list[str], partitions: int) -> bool:
@@ -103,7 +90,7 @@ def drain(
             producer.deliver(history[1:])
         n = len(history)
         deadline = time.monotonic() + 600
-        while check() < n or (scale_out and gradient_lag(
+        while check() < n or (scale_out and committed_lag(
                 bootstrap, f"{app_id}-scale-out", topics.gradients, topics.partitions) > 0):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{workers} worker(s) did not drain {n} events")

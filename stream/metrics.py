@@ -45,7 +45,6 @@ class WorkerMetrics:
     failed_steps: Counter
     halted: Gauge
     partitions: Gauge
-    gradients_lag: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "streambed_worker") -> WorkerMetrics:
@@ -108,9 +107,6 @@ class WorkerMetrics:
             partitions=Gauge(f"{p}_partitions",
                              "Input partitions a scale-out stage owns (users: interactions; "
                              "items: gradients and items)", ["stage"], registry=r),
-            gradients_lag=Gauge(f"{p}_gradients_lag_records",
-                                "Scale-out: gradient records on this worker's partitions not "
-                                "yet applied by its item stage", registry=r),
         )  # fmt: skip
 
     def initialise(self, event_types: Iterable[str]) -> WorkerMetrics:

@@ -364,18 +364,14 @@ class ScaleOutWorker:
         self._lag()
 
     def _lag(self) -> None:
-        """Consumer lag per partition from the watermarks the consumer last saw (no broker
-        call), and the gradients not yet applied (a drain is over when it is 0 too)."""
-        gradients = 0
+        """Consumer lag per partition, from the watermarks the consumer last saw (no broker
+        call: a partition not fetched since is stale)."""
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            lag = max(0, high - self.consumer.position(tp))
-            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
-            if tp.topic == self.config.topics.gradients:
-                gradients += lag
-        self.metrics.gradients_lag.set(gradients)
+            if high is not None:
+                lag = max(0, high - self.consumer.position(tp))
+                labels = {"topic": tp.topic, "partition": str(tp.partition)}
+                self.metrics.consumer_lag.labels(**labels).set(lag)
 
     def _restore(self) -> None:
         """Drop both stages and read the assigned partitions' rows back."""
