@@ -160,8 +160,8 @@ def _scale_out_worker(args, config, metrics, registry) -> int:  # type: ignore[n
 
     from stream.scaleout import ScaleOutConfig, ScaleOutWorker
 
-    if args.init_from or args.ps_shards:
-        raise SystemExit("worker: --scale-out does not take --init-from or --ps-shards yet")
+    if args.ps_shards:
+        raise SystemExit("worker: --scale-out keeps its rows in changelog topics: no --ps-shards")
     try:
         scale = ScaleOutConfig(
             bootstrap=config.bootstrap, app_id=config.app_id, topics=config.topics,
@@ -172,8 +172,13 @@ def _scale_out_worker(args, config, metrics, registry) -> int:  # type: ignore[n
     except ValueError as err:
         raise SystemExit(f"worker: {err}") from None
     _prepare_topics(args, config.topics, "worker", scale_out=True)
+    boot = None
+    if args.init_from:
+        from stream.bootstrap import Bootstrapped
+
+        boot = Bootstrapped.load(Path(args.init_from))
     encode = None
-    if args.content_encoder == "minilm":
+    if args.content_encoder == "minilm" or (args.content_encoder == "auto" and boot):
         from stream.content import MiniLM
 
         encode = MiniLM().encode
@@ -183,7 +188,7 @@ def _scale_out_worker(args, config, metrics, registry) -> int:  # type: ignore[n
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        worker = ScaleOutWorker(scale, metrics, encode)
+        worker = ScaleOutWorker(scale, metrics, encode, boot)
     except ValueError as err:
         raise SystemExit(f"worker: {err}") from None
     print(f"worker: a scale-out member of group {scale.group}", file=sys.stderr)

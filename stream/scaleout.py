@@ -45,6 +45,7 @@ from kafka.structs import OffsetAndMetadata
 from paramserver.ps import ParameterServer
 from stream.app import record_metrics
 from stream.batching import BATCH_MS, BATCH_SIZE, Batcher
+from stream.bootstrap import Bootstrapped, load_into
 from stream.core import BatchOutput, RawRecord, expand
 from stream.metrics import WorkerMetrics
 from stream.schemas import LETTER_PAYLOAD_BYTES
@@ -52,6 +53,7 @@ from stream.split import (
     Gradient,
     ItemStage,
     UserStage,
+    boot_part,
     coalesce,
     pack_gradients,
     split_key,
@@ -126,10 +128,14 @@ class ScaleOutWorker:
         config: ScaleOutConfig,
         metrics: WorkerMetrics,
         encode: Callable[[list[str]], np.ndarray] | None = None,
+        boot: Bootstrapped | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.encode = encode
+        # a bootstrap: the towers of every stage, and the first rows of partitions that
+        # have no state yet (the item view starts from all its item rows)
+        self.boot = boot
         t = config.topics
         common: dict[str, Any] = {
             "bootstrap_servers": config.bootstrap,
@@ -158,6 +164,9 @@ class ScaleOutWorker:
         )  # fmt: skip
         self.producer.init_transactions()
         self.view = ParameterServer(view_tables(config.train))
+        if boot is not None:
+            self.view.put(ITEMS, boot.items, boot.item_rows, now=boot.last_ts,
+                          updates=boot.item_counts.astype(np.uint32))  # fmt: skip
         self.users: UserStage | None = None
         self.items: ItemStage | None = None
         self._work = _Pending()
@@ -373,6 +382,25 @@ class ScaleOutWorker:
                 labels = {"topic": tp.topic, "partition": str(tp.partition)}
                 self.metrics.consumer_lag.labels(**labels).set(lag)
 
+    def _seed(self, users: UserStage, items: ItemStage, fresh: list[int]) -> None:
+        """The bootstrap's towers for both stages and its counts for the user stage's
+        frequency estimate; the rows of the users and items of ``fresh`` partitions (no
+        changelog, no committed offset), whose vectors go out with the first commit."""
+        boot = self.boot
+        assert boot is not None
+        for trainer in (users.core.trainer, items.core.trainer):
+            load_into(trainer, boot, rows=False)
+        users.core.trainer.frequency.add(dict(zip(boot.items, boot.item_counts.tolist(),
+                                                  strict=True)))  # fmt: skip
+        if not fresh:
+            return
+        n, owned = self.config.topics.partitions, set(fresh)
+        part = boot_part(boot, lambda u: home(u, n) in owned, lambda i: home(i, n) in owned)
+        self._work.users.append((users.seed(part), 0, 0.0))
+        self._work.items.append((items.seed(part), 0, 0.0))
+        log.info("partitions %s start from the bootstrap: %d users, %d items", fresh,
+                 len(part.users), len(part.items))  # fmt: skip
+
     def _restore(self) -> None:
         """Drop both stages and read the assigned partitions' rows back."""
         self.assignment.changed = False
@@ -382,13 +410,18 @@ class ScaleOutWorker:
         parts = sorted(self.assignment.partitions)
         users = UserStage(cfg.train, self.view, Batcher(cfg.batch_size, cfg.batch_ms),
                           cfg.letter_bytes)  # fmt: skip
-        users.restore(self._read_changelog(t.user_rows, parts))
         items = ItemStage(cfg.train, cfg.letter_bytes)
-        items.restore(self._read_changelog(t.item_rows, parts))
-        offsets, within = self._committed_offsets(t.interactions, parts)
+        user_rows, logged = self._read_changelog(t.user_rows, parts)
+        users.restore(user_rows)
+        item_rows, logged_items = self._read_changelog(t.item_rows, parts)
+        items.restore(item_rows)
+        offsets, within, started = self._committed_offsets(t.interactions, parts)
         users.core.resume(offsets, within)
         for topic in (t.gradients, t.items):
             self._committed_offsets(topic, parts)
+        if self.boot is not None:
+            self._seed(users, items, [p for p in parts if p not in logged | logged_items
+                                      and p not in started])  # fmt: skip
         self.users, self.items = users, items
         for stage in ("users", "items"):
             self.metrics.partitions.labels(stage=stage).set(len(parts))
@@ -428,12 +461,16 @@ class ScaleOutWorker:
 
     # -- shared -------------------------------------------------------------------------
 
-    def _read_changelog(self, topic: str, parts: list[int]) -> dict[str, dict[str, bytes]]:
+    def _read_changelog(
+        self, topic: str, parts: list[int]
+    ) -> tuple[dict[str, dict[str, bytes]], set[int]]:
         """The latest committed value of every row on ``parts`` of a changelog topic, by table
-        (waits for a dead worker's open transaction there to be aborted)."""
+        (waits for a dead worker's open transaction there to be aborted), and the partitions
+        that had any record."""
         tables: dict[str, dict[str, bytes | None]] = {}
+        logged: set[int] = set()
         if not parts:
-            return {}
+            return {}, logged
         reader = KafkaConsumer(
             bootstrap_servers=self.config.bootstrap, isolation_level="read_committed",
             enable_auto_commit=False, group_id=None,
@@ -452,15 +489,18 @@ class ScaleOutWorker:
                     for rec in records:
                         table, row_id = split_key(rec.key)
                         tables.setdefault(table, {})[row_id] = rec.value
+                        logged.add(rec.partition)
         finally:
             reader.close()
-        return {t: {i: v for i, v in rows.items() if v is not None} for t, rows in tables.items()}
+        live = {t: {i: v for i, v in rows.items() if v is not None} for t, rows in tables.items()}
+        return live, logged
 
     def _committed_offsets(
         self, topic: str, parts: list[int]
-    ) -> tuple[dict[int, int], dict[int, int]]:
+    ) -> tuple[dict[int, int], dict[int, int], set[int]]:
         """Per partition, the committed offset (the start without one) and the events of the
-        record there already taken (the commit's metadata); the consumer seeks there."""
+        record there already taken (the commit's metadata), and the partitions with a
+        committed offset; the consumer seeks there."""
         consumer = self.consumer
         offsets: dict[int, int] = {}
         within: dict[int, int] = {}
@@ -470,12 +510,12 @@ class ScaleOutWorker:
             found = consumer.committed(tp, metadata=True)
             if found is None:
                 offsets[tp.partition] = begin[tp]
-                consumer.seek(tp, begin[tp])
-                continue
-            offsets[tp.partition] = found.offset
-            within[tp.partition] = int(found.metadata or 0)
-            consumer.seek(tp, found.offset)
-        return offsets, within
+            else:
+                offsets[tp.partition] = found.offset
+                within[tp.partition] = int(found.metadata or 0)
+            consumer.seek(tp, offsets[tp.partition])
+        # a partition with a commit has one even at 0 events taken: within holds them all
+        return offsets, within, set(within)
 
 
 def _tally(vectors: dict[str, bytes | None]) -> tuple[int, int]:

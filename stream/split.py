@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import struct
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -37,6 +37,7 @@ from paramserver.config import TableConfig
 from paramserver.ps import ParameterServer, TableDelta
 from paramserver.table import TableChanges
 from stream.batching import Batcher
+from stream.bootstrap import Bootstrapped, load_into
 from stream.core import BatchOutput, RawRecord, WorkerCore
 from stream.schemas import LETTER_PAYLOAD_BYTES
 from stream.training import CONTENT, ITEMS, TASTE, USERS, OnlineTrainer, TrainConfig
@@ -135,7 +136,7 @@ def row_records(
     c = delta.changes
     out = []
     for n, row_id in enumerate(delta.strings):
-        head = _ROW.pack(int(c.updates[n]), float(c.last_update[n]), events.get(row_id, 0))
+        head = _ROW.pack(int(c.updates[n]), float(c.last_update[n]), int(events.get(row_id, 0)))
         body = c.rows[n].astype("<f4").tobytes() + c.state[n].astype("<f4").tobytes()
         out.append((row_key(delta.name, row_id), head + body))
     return out
@@ -277,6 +278,18 @@ def upsert_view(view: ParameterServer, table: str, entries: Mapping[str, bytes |
     view.put(table, rows.ids, rows.rows, now=float(rows.last.max()), updates=rows.updates)
 
 
+def boot_part(boot: Bootstrapped, users: Callable[[str], bool],
+              items: Callable[[str], bool]) -> Bootstrapped:  # fmt: skip
+    """The bootstrap's rows and counts of the users and items kept (its towers shared)."""
+    u = [n for n, x in enumerate(boot.users) if users(x)]
+    i = [n for n, x in enumerate(boot.items) if items(x)]
+    return replace(
+        boot, users=[boot.users[n] for n in u], user_rows=boot.user_rows[u],
+        user_counts=boot.user_counts[u], items=[boot.items[n] for n in i],
+        item_rows=boot.item_rows[i], item_counts=boot.item_counts[i],
+    )  # fmt: skip
+
+
 @dataclass
 class StepResult:
     """What one user-stage step leaves to write: the core's output and the gradients."""
@@ -323,6 +336,13 @@ class UserStage:
             out.extend((row_key(t, user), None) for t in self.ps.local.tables)
         return out
 
+    def seed(self, part: Bootstrapped) -> BatchOutput:
+        """Start from a bootstrap: the rows of ``part`` 's users; their vectors to publish
+        (the rows reach the changelog with the first commit)."""
+        load_into(self.core.trainer, replace(part, items=[], item_rows=part.item_rows[:0],
+                                             item_counts=part.item_counts[:0]))  # fmt: skip
+        return self.core.vectors([], part.users)
+
     def restore(self, tables: Mapping[str, Mapping[str, bytes]]) -> None:
         """Load changelog values (by table, then id) into this fresh stage."""
         for table, entries in tables.items():
@@ -348,7 +368,9 @@ class ItemStage:
     def __init__(self, config: TrainConfig, letter_bytes: int = LETTER_PAYLOAD_BYTES) -> None:
         self.core = WorkerCore(OnlineTrainer.create(config), letter_bytes=letter_bytes)
         self.ps: ParameterServer = self.core.trainer.ps  # type: ignore[assignment]
-        self.events: Counter[str] = Counter()  # positive events learnt per item
+        # positive events counted per item (a bootstrap's history, then those learnt): the
+        # frequency estimate's counts, carried in the changelog
+        self.events: Counter[str] = Counter()
 
     def apply(self, gradients: Sequence[Gradient]) -> ItemStep:
         """Apply gradients (those of one item summed into one update)."""
@@ -384,6 +406,15 @@ class ItemStage:
                 out.extend(row_records(delta, self.events if delta.name == ITEMS else {}))
         out.extend((row_key(ITEMS, i), None) for i in evicted)
         return out
+
+    def seed(self, part: Bootstrapped) -> BatchOutput:
+        """Start from a bootstrap: its towers, the rows and counts of ``part`` 's items;
+        their vectors to publish (the rows reach the changelog with the first commit)."""
+        load_into(self.core.trainer, replace(part, users=[], user_rows=part.user_rows[:0],
+                                             user_counts=part.user_counts[:0]))  # fmt: skip
+        counts = np.rint(part.item_counts).astype(np.int64).tolist()  # history counts: whole
+        self.events.update(dict(zip(part.items, counts, strict=True)))
+        return self.core.vectors(part.items, [])
 
     def restore(self, tables: Mapping[str, Mapping[str, bytes]]) -> None:
         for table, entries in tables.items():

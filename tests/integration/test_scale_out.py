@@ -28,6 +28,7 @@ from services.datagen import GeneratorConfig, InteractionGenerator
 from services.kafka.broker import free_port
 from services.kafka.topics import ensure_topics
 from services.producer import EventProducer
+from stream.bootstrap import BootstrapConfig, bootstrap
 from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
 from stream.split import Rows, split_key
 from stream.topics import Topics
@@ -117,7 +118,7 @@ def read_all(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
         consumer.close()
 
 
-def learnt(rows: dict[bytes, bytes | None], table: str) -> dict[str, int]:
+def learnt_counts(rows: dict[bytes, bytes | None], table: str) -> dict[str, int]:
     entries = {}
     for key, value in rows.items():
         t, row_id = split_key(key)
@@ -175,8 +176,8 @@ def test_two_workers_killed_mid_stream_apply_each_event_once(
     items_expected = Counter(
         e.item_id for e in events if training_weight(e, DEFAULT_TYPE_WEIGHTS) > 0
     )
-    users = learnt(read_all(kafka_bootstrap, topics.user_rows), USERS)
-    items = learnt(read_all(kafka_bootstrap, topics.item_rows), ITEMS)
+    users = learnt_counts(read_all(kafka_bootstrap, topics.user_rows), USERS)
+    items = learnt_counts(read_all(kafka_bootstrap, topics.item_rows), ITEMS)
     assert users == dict(users_expected)
     assert {i: n for i, n in items.items() if n} == dict(items_expected)
     user_vectors = read_all(kafka_bootstrap, topics.user_vectors)
@@ -185,3 +186,53 @@ def test_two_workers_killed_mid_stream_apply_each_event_once(
     assert set(items_expected) <= {k.decode() for k in item_vectors}
     letters = read_all(kafka_bootstrap, topics.dlq)
     assert letters, "the malformed records were dead-lettered"
+
+
+def test_workers_start_from_a_bootstrap_once_per_partition(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Two workers started together with --init-from: each partition's users and items are
+    seeded from the bootstrap exactly once (whoever owns it first), published, and carried
+    through the changelog: an item's count is the bootstrap's history plus what it learnt."""
+    gen = InteractionGenerator(GeneratorConfig(users=60, items=150, clusters=4, seed=3))
+    history = [e for e in gen.replay(2000) if isinstance(e, Interaction)]
+    boot = bootstrap(history, {}, BootstrapConfig(dim=DIM, epochs=1))
+    boot_file = tmp_path / "boot.pt"
+    boot.save(boot_file)
+    tag = uuid.uuid4().hex[:8]
+    prefix, app_id = f"sb{tag}-", f"sb-{tag}"
+    topics = Topics.with_prefix(prefix, partitions=4)
+    ensure_topics(kafka_bootstrap, topics, scale_out=True)
+    workers = [Worker(kafka_bootstrap, prefix, app_id, tmp_path / f"w{i}.log") for i in (0, 1)]
+    for w in workers:
+        w.args += ["--init-from", str(boot_file)]
+    fresh = [e for e in records(1500, seed=4)[0] if e.item_id in set(boot.items)]
+    producer = EventProducer(kafka_bootstrap, topics)
+    try:
+        for w in workers:
+            w.start()
+        deadline = time.monotonic() + 120
+        while set(boot.users) - {k.decode() for k in read_all(kafka_bootstrap,
+                                                                topics.user_vectors)}:  # fmt: skip
+            assert time.monotonic() < deadline, "the bootstrap's users were not published"
+            assert all(w.alive() for w in workers), [w.log.read_text()[-3000:] for w in workers]
+            time.sleep(1.0)
+        producer.deliver(fresh)
+        group = f"{app_id}-scale-out"
+        while (committed_lag(kafka_bootstrap, group, topics.interactions, 4),
+               committed_lag(kafka_bootstrap, group, topics.gradients, 4)) != (0, 0):
+            assert time.monotonic() < deadline + 60, "the workers did not catch up"
+            time.sleep(1.0)
+    finally:
+        producer.close()
+        for w in workers:
+            w.stop()
+    boot_counts = dict(zip(boot.items, boot.item_counts.astype(int).tolist(), strict=True))
+    learnt = Counter(e.item_id for e in fresh if training_weight(e, DEFAULT_TYPE_WEIGHTS) > 0)
+    items = learnt_counts(read_all(kafka_bootstrap, topics.item_rows), ITEMS)
+    assert {i: n for i, n in items.items() if n} == {
+        i: boot_counts.get(i, 0) + learnt[i] for i in set(boot_counts) | set(learnt)
+        if boot_counts.get(i, 0) + learnt[i]}  # fmt: skip
+    users = learnt_counts(read_all(kafka_bootstrap, topics.user_rows), USERS)
+    assert set(boot.users) <= set(users)
+    assert {k.decode() for k in read_all(kafka_bootstrap, topics.item_vectors)} >= set(boot.items)
