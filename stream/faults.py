@@ -1,8 +1,9 @@
 """Fault injection for the crash tests, off unless its environment variables are set.
 
 ``STREAMBED_FAULT_CHECKPOINT_PAUSE_S``: each checkpoint sleeps that long (blocking, as a
-slow disk would) just before it drains and commits; ``STREAMBED_FAULT_MARK`` names a file
-touched first, so a test can kill -9 the worker inside a checkpoint.
+slow disk would) just before it drains and commits (a scale-out worker: with its
+transaction open, everything sent, just before it commits); ``STREAMBED_FAULT_MARK`` names
+a file touched first, so a test can kill -9 the worker inside a checkpoint.
 
 ``STREAMBED_FAULT_FAIL_SEND_AT``: the worker's N-th send (a batch of vectors or one dead
 letter) raises, as a send the broker refuses would; once per environment (the restarted

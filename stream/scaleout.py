@@ -43,6 +43,7 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from paramserver.ps import ParameterServer
+from stream import faults
 from stream.app import record_metrics
 from stream.batching import BATCH_MS, BATCH_SIZE, Batcher
 from stream.bootstrap import Bootstrapped, load_into
@@ -350,6 +351,7 @@ class ScaleOutWorker:
         offsets = {tp: OffsetAndMetadata(offset, str(index), -1)
                    for tp, (offset, index) in positions.items()}  # fmt: skip
         p.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+        faults.checkpoint_pause()  # the crash tests' kill -9 inside an open transaction
         p.commit_transaction()
         self._committed = positions
         self._work = _Pending()

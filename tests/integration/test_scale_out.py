@@ -3,7 +3,10 @@
 Two ``worker --scale-out`` processes share the user and item stages' partitions (four of
 each) while events arrive, with malformed records among them. Each is killed -9 once and
 restarted while the other keeps working, so partitions move both ways and a restarted
-worker reads its rows back from the changelog topics. When every committed offset has
+worker reads its rows back from the changelog topics. The second kill lands inside an open
+transaction (a fault hook holds each of that worker's commits 0.4 s after everything is
+sent and marks a file), so its outputs, rows and offsets were on the broker, uncommitted,
+and must be aborted and redone. When every committed offset has
 reached the end of its topic, each user's row must have learnt exactly that user's valid
 events, and each item's row exactly the positives it was given: no event lost, none
 applied twice. Every user and item also has a served vector.
@@ -46,6 +49,7 @@ WORKER_ARGS = [
 
 class Worker:
     def __init__(self, bootstrap: str, prefix: str, app_id: str, log: Path) -> None:
+        self.env: dict[str, str] = {}  # for the next start only
         self.args = [
             sys.executable, "-m", "services.cli", "--log-level", LOG_LEVEL, "worker",
             "--scale-out", "--bootstrap", bootstrap, "--topic-prefix", prefix,
@@ -59,8 +63,9 @@ class Worker:
             self.proc = subprocess.Popen(
                 [*self.args, "--metrics-port", str(free_port())],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=dict(os.environ),
+                env={**os.environ, **self.env},
             )  # fmt: skip
+        self.env = {}
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -137,6 +142,9 @@ def test_two_workers_killed_mid_stream_apply_each_event_once(
     ensure_topics(kafka_bootstrap, topics, scale_out=True)
     events, poison = records(6000)
     workers = [Worker(kafka_bootstrap, prefix, app_id, tmp_path / f"w{i}.log") for i in (0, 1)]
+    mark = tmp_path / "in-transaction"
+    workers[0].env = {"STREAMBED_FAULT_CHECKPOINT_PAUSE_S": "0.4",
+                      "STREAMBED_FAULT_MARK": str(mark)}  # fmt: skip
     producer = EventProducer(kafka_bootstrap, topics)
     try:
         for w in workers:
@@ -151,6 +159,12 @@ def test_two_workers_killed_mid_stream_apply_each_event_once(
             time.sleep(0.4)
             if n in plan:
                 w = workers[plan[n]]
+                if w is workers[0]:  # inside a commit: wait for the next one to begin
+                    mark.unlink(missing_ok=True)
+                    deadline = time.monotonic() + 30
+                    while not mark.exists():
+                        assert time.monotonic() < deadline, "no transaction began"
+                        time.sleep(0.01)
                 w.kill9()
                 w.start()
         producer.flush()
