@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
-SECRETS = {"STREAMBED_PS_TOKEN": "ps-secret", "GRAFANA_ADMIN_PASSWORD": "grafana-secret"}
+SECRETS = {"GRAFANA_ADMIN_PASSWORD": "grafana-secret"}
 
 
 def _compose(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -38,21 +38,25 @@ def stack() -> dict[str, Any]:
 
 
 def test_the_stack_has_every_part(stack: dict[str, Any]) -> None:
-    assert set(stack["services"]) == {"kafka", "topics", "ps-0", "ps-1", "worker", "api",
-                                      "prometheus", "grafana"}  # fmt: skip
+    assert set(stack["services"]) == {"kafka", "topics", "worker", "api", "prometheus",
+                                      "grafana"}  # fmt: skip
     kafka = stack["services"]["kafka"]
     pinned = re.search(
         r"<kafka.version>(.+)</kafka.version>", (DOCKER / "kafka/pom.xml").read_text()
     )
     assert pinned and kafka["image"] == f"apache/kafka:{pinned.group(1)}"  # the tested version
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
-    for name in ("topics", "ps-0", "ps-1", "worker", "api"):
+    for name in ("topics", "worker", "api"):
         service = stack["services"][name]
         assert service["image"] == "streambed:latest"
         assert (ROOT / service["build"]["dockerfile"]).is_file()
         assert service["environment"]["STREAMBED_BOOTSTRAP"] == "kafka:9092"
-    shards = ",".join(f"{n}:50051" for n in ("ps-0", "ps-1"))
-    assert shards in stack["services"]["worker"]["command"]
+    # workers scale out on Kafka: one consumer group, state in changelog topics; every
+    # topic a worker reads has the partitions the topics service created
+    worker = stack["services"]["worker"]["command"]
+    assert "--scale-out" in worker and "--ps-shards" not in worker
+    topics = stack["services"]["topics"]["command"]
+    assert worker[worker.index("--partitions") + 1] == topics[topics.index("--partitions") + 1]
 
 
 def test_published_ports_are_loopback_only_and_secrets_go_where_needed(
@@ -62,7 +66,6 @@ def test_published_ports_are_loopback_only_and_secrets_go_where_needed(
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), (name, port)
     env = {name: s.get("environment", {}) for name, s in stack["services"].items()}
-    assert {n for n, e in env.items() if "STREAMBED_PS_TOKEN" in e} == {"ps-0", "ps-1", "worker"}
     assert env["api"]["STREAMBED_API_TOKEN"] == ""  # the gateway is off unless given a token
 
 
@@ -77,8 +80,6 @@ def test_workers_and_replicas_can_be_scaled(stack: dict[str, Any]) -> None:
     assert found["worker"]["names"] == ["worker"] and found["worker"]["port"] == 9100
     assert found["api"]["names"] == ["api"] and found["api"]["port"] == 8000
     assert "9100" in stack["services"]["worker"]["command"]
-    shards = by_job["ps"]["static_configs"][0]["targets"]
-    assert shards == ["ps-0:9100", "ps-1:9100"]
 
 
 def test_mounted_files_exist(stack: dict[str, Any]) -> None:
@@ -88,8 +89,8 @@ def test_mounted_files_exist(stack: dict[str, Any]) -> None:
 
 
 def test_a_missing_secret_is_a_clear_error() -> None:
-    done = _compose({"GRAFANA_ADMIN_PASSWORD": "x"})
-    assert done.returncode != 0 and "set STREAMBED_PS_TOKEN" in done.stderr
+    done = _compose({})
+    assert done.returncode != 0 and "set GRAFANA_ADMIN_PASSWORD" in done.stderr
 
 
 def test_the_dockerfile_copies_what_exists_and_pins_torch() -> None:
