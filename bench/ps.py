@@ -1,4 +1,4 @@
-"""Parameter-server benchmark: row updates/s against torch, through shards, and to RocksDB.
+"""Parameter-server benchmark: row updates/s against torch, and to RocksDB.
 
 One run, one machine, same ids for every contender:
 
@@ -10,7 +10,6 @@ One run, one machine, same ids for every contender:
 * baseline: the same update with ``torch.nn.Embedding(sparse=True)`` and
   ``torch.optim.Adagrad`` / ``torch.optim.SparseAdam`` (forward = pull,
   backward + step = push), on a dense table of the same size;
-* remote: the same through 2 gRPC shard processes on 127.0.0.1;
 * checkpoint: every row (and its optimizer state) to RocksDB in one write
   batch, rows/s; restoring them; and a steady-state checkpoint of the rows a
   second of updates touches.
@@ -22,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -108,34 +105,12 @@ def string_rate(ps: ParamServerAPI, batches: list[list[str]], grads: np.ndarray,
     return steps * len(batches[0]) / elapsed
 
 
-def start_shards(n: int, dim: int) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
-    from services.kafka.broker import free_port
-
-    procs, addresses = [], []
-    for _ in range(n):
-        port = free_port()
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "ps-shard", "--port", str(port),
-             "--dim", str(dim), "--lr", "0.05"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        ))  # fmt: skip
-        addresses.append(f"127.0.0.1:{port}")
-    import grpc
-
-    for address in addresses:
-        channel = grpc.insecure_channel(address)
-        grpc.channel_ready_future(channel).result(timeout=60)
-        channel.close()
-    return procs, addresses
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--seconds", type=float, default=3.0, help="per timed contender")
-    p.add_argument("--remote-rows", type=int, default=200_000)
     args = p.parse_args(argv)
     rows, dim, batch = args.rows, args.dim, args.batch
     warnings.filterwarnings("ignore", "Sparse invariant checks")  # torch's sparse Adagrad
@@ -172,20 +147,6 @@ def main(argv: list[str] | None = None) -> int:
                                                      args.seconds)  # fmt: skip
     results["torch_sparseadam_rows_per_s"] = torch_rate(batches, grads, rows, dim, "sparseadam",
                                                         args.seconds)  # fmt: skip
-
-    from paramserver.remote import RemotePS
-
-    procs, addresses = start_shards(2, dim)
-    try:
-        remote = RemotePS(addresses)
-        remote_batches = [[f"item-{int(k) % args.remote_rows}" for k in b] for b in batches]
-        results["remote_2_shards_rows_per_s"] = string_rate(remote, remote_batches, grads,
-                                                            args.seconds)  # fmt: skip
-        remote.close()
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=30)
 
     with tempfile.TemporaryDirectory() as tmp:
         big = ParameterServer([TableConfig("items", dim=dim, initial_capacity=rows)])
@@ -224,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
         ("torch Embedding(sparse)+SparseAdam", "torch_sparseadam_rows_per_s"),
         ("streambed table, uint64 ids, in-process", "inprocess_rows_per_s"),
         ("streambed PS, string ids, in-process", "inprocess_string_ids_rows_per_s"),
-        ("streambed PS, string ids, 2 gRPC shards", "remote_2_shards_rows_per_s"),
     ):
         print(f"{name:44s} {results[key]:14,.0f} {results[key] / base:16.2f}x")
     print(

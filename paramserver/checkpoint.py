@@ -32,9 +32,6 @@ True
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import numpy as np
 
 from paramserver.ps import ParameterServer, TableDelta
@@ -129,32 +126,3 @@ def checkpoint(ps: ParameterServer, store: RowStore) -> int:
     rows = drain_into(ps, writes)
     store.commit(writes)
     return rows
-
-
-class PeriodicCheckpoint:
-    """Call after each change; checkpoints when ``every_s`` seconds have passed (a PS shard)."""
-
-    def __init__(
-        self,
-        ps: ParameterServer,
-        store: RowStore,
-        every_s: float,
-        clock: Callable[[], float] = time.monotonic,
-        observe: Callable[[int, float], None] | None = None,
-    ) -> None:
-        self.ps, self.store, self.every_s, self.clock, self.observe = (
-            ps,
-            store,
-            every_s,
-            clock,
-            observe,
-        )
-        self._last = clock()
-
-    def __call__(self, force: bool = False) -> None:
-        if force or self.clock() - self._last >= self.every_s:
-            started = time.perf_counter()
-            rows = checkpoint(self.ps, self.store)
-            self._last = self.clock()
-            if self.observe:
-                self.observe(rows, time.perf_counter() - started)

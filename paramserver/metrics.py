@@ -1,8 +1,8 @@
 """Prometheus metrics of a parameter server (an edge module: the tables stay metric-free).
 
-:class:`MeteredPS` wraps any :class:`~paramserver.ps.ParamServerAPI` (in-process
-or remote), times every call and counts its rows; for an in-process server it
-also mirrors the tables' own counters (rows, admissions, evictions).
+:class:`MeteredPS` wraps any :class:`~paramserver.ps.ParamServerAPI`, times every
+call and counts its rows; for an in-process server it also mirrors the tables' own
+counters (rows, admissions, evictions).
 
 Examples
 --------
@@ -44,8 +44,6 @@ class PSMetrics:
     rows: Gauge
     admissions: Counter
     evictions: Counter
-    checkpoint_seconds: Histogram
-    checkpoint_rows: Counter
     _mirrored: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @classmethod
@@ -63,10 +61,6 @@ class PSMetrics:
                                registry=r),
             evictions=Counter(f"{p}_evictions", "Rows evicted (expiry or delete)", ["table"],
                               registry=r),
-            checkpoint_seconds=Histogram(f"{p}_checkpoint_seconds", "Checkpoint duration",
-                                         buckets=BUCKETS + (2.5, 5.0, 10.0), registry=r),
-            checkpoint_rows=Counter(f"{p}_checkpoint_rows", "Rows written by checkpoints",
-                                    registry=r),
         )  # fmt: skip
 
     def initialise(self, tables: Iterable[str]) -> PSMetrics:

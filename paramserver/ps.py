@@ -1,8 +1,8 @@
 """The parameter server's API over string ids: named tables, each with its own key map.
 
-:class:`ParameterServer` is the in-process implementation (the default); the
-gRPC client in :mod:`paramserver.remote` implements the same
-:class:`ParamServerAPI` over N shard processes. Both validate ids and
+:class:`ParameterServer` is the implementation; :class:`ParamServerAPI` is what the
+training step needs from one (the scale-out worker's user stage implements it over its
+own rows and a view of the item rows, :mod:`stream.split`). It validates ids and
 gradients before touching a table, so a bad request never half-applies.
 
 Examples
@@ -35,7 +35,7 @@ from paramserver.table import EmbeddingTable, TableChanges
 
 
 class ParamServerAPI(Protocol):
-    """What the training step needs from a parameter server, local or remote."""
+    """What the training step needs from a parameter server."""
 
     def dim(self, table: str) -> int: ...
 

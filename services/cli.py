@@ -104,7 +104,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     metrics = WorkerMetrics.create(registry).initialise(train.type_weights)
     if args.scale_out:
         return _scale_out_worker(args, config, metrics, registry)
-    ps = _worker_ps(args, train, registry)
+    ps = _worker_ps(train, registry)
     core = WorkerCore(
         OnlineTrainer.create(train, ps), batcher=Batcher(args.batch_size, args.batch_ms),
         letter_bytes=args.dlq_payload_bytes, defer_items=True,
@@ -160,8 +160,6 @@ def _scale_out_worker(args, config, metrics, registry) -> int:  # type: ignore[n
 
     from stream.scaleout import ScaleOutConfig, ScaleOutWorker
 
-    if args.ps_shards:
-        raise SystemExit("worker: --scale-out keeps its rows in changelog topics: no --ps-shards")
     try:
         scale = ScaleOutConfig(
             bootstrap=config.bootstrap, app_id=config.app_id, topics=config.topics,
@@ -232,30 +230,18 @@ def _prepare_topics(args: argparse.Namespace, topics, who: str, scale_out: bool 
         print(f"{who}: created topics {', '.join(created)}", file=sys.stderr)
 
 
-def _worker_ps(args: argparse.Namespace, train, registry):  # type: ignore[no-untyped-def]
-    """The in-process parameter server, or a client of remote shards; metered either way."""
+def _worker_ps(train, registry):  # type: ignore[no-untyped-def]
+    """The in-process parameter server, metered."""
     from paramserver.metrics import MeteredPS, PSMetrics
-    from paramserver.ps import ParameterServer, ParamServerAPI
+    from paramserver.ps import ParameterServer
 
-    inner: ParamServerAPI
-    if args.ps_shards:
-        from paramserver.remote import RemotePS
-
-        addresses = [a.strip() for a in args.ps_shards.split(",") if a.strip()]
-        inner = RemotePS(addresses, token=args.ps_token or None)
-    else:
-        inner = ParameterServer(train.tables())
     tables = [t.name for t in train.tables()]
-    return MeteredPS(inner, PSMetrics.create(registry).initialise(tables))
+    return MeteredPS(ParameterServer(train.tables()), PSMetrics.create(registry).initialise(tables))
 
 
 def _restore_worker(args: argparse.Namespace, core, topic: str):  # type: ignore[no-untyped-def]
     """Open the worker's RocksDB state and load its last checkpoint (None: not durable)."""
     if not args.state_dir:
-        return None
-    if args.ps_shards:
-        print("worker: remote PS shards keep their own checkpoints; the worker is not durable "
-              "(exactly-once needs the in-process PS)", file=sys.stderr)  # fmt: skip
         return None
     from paramserver.stores.rocks import RocksStore
     from stream.checkpoint import restore
@@ -323,66 +309,6 @@ def cmd_fetch_data(args: argparse.Namespace) -> int:
             print(f"fetch-data: {err}", file=sys.stderr)
             return 1
     print(f"{args.name}: {path} (licence: {path / 'README.txt'})")
-    return 0
-
-
-def cmd_ps_shard(args: argparse.Namespace) -> int:
-    """One parameter-server shard process (gRPC), optionally durable in RocksDB."""
-    import signal
-
-    from prometheus_client import CollectorRegistry, start_http_server
-
-    from paramserver.checkpoint import PeriodicCheckpoint, load_tables
-    from paramserver.metrics import PSMetrics
-    from paramserver.ps import ParameterServer
-    from paramserver.remote import ShardServer
-    from stream.training import TrainConfig
-
-    train = TrainConfig(
-        dim=args.dim, lr=args.lr, optimizer=args.optimizer, min_count=args.min_count,
-        ttl_seconds=args.ttl_seconds, seed=args.seed, taste_weight=args.taste_weight,
-    )  # fmt: skip
-    ps = ParameterServer(train.tables())
-    registry = CollectorRegistry()
-    metrics = PSMetrics.create(registry).initialise(ps.tables)
-
-    def observe(op: str, table: str, n: int, seconds: float, error: str | None) -> None:
-        metrics.observe(op, table, n, seconds, error, ps)
-
-    store, on_change = None, None
-    if args.state_dir:
-        from paramserver.stores.rocks import RocksStore
-
-        store = RocksStore(Path(args.state_dir))
-        load_tables(ps, store)
-        metrics.mirror(ps)
-        print(f"ps-shard: {args.state_dir}: {ps.size('users')} users, {ps.size('items')} items",
-              file=sys.stderr)  # fmt: skip
-
-        def checkpointed(rows: int, seconds: float) -> None:
-            metrics.checkpoint_seconds.observe(seconds)
-            metrics.checkpoint_rows.inc(rows)
-
-        on_change = PeriodicCheckpoint(ps, store, args.checkpoint_seconds, observe=checkpointed)
-    if not args.ps_token and args.host not in ("127.0.0.1", "localhost", "::1"):
-        print("ps-shard: refusing to serve beyond loopback without a token "
-              "(set STREAMBED_PS_TOKEN)", file=sys.stderr)  # fmt: skip
-        return 2
-    server = ShardServer(ps, host=args.host, port=args.port, on_change=on_change,
-                         observe=observe, token=args.ps_token or None)  # fmt: skip
-    if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.host, registry=registry)
-    server.start()
-    print(f"ps-shard: serving on {server.address}", file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=1.0))
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        server.stop()
-    finally:
-        if store is not None and on_change is not None:
-            on_change(True)
-            store.close()
     return 0
 
 
@@ -694,7 +620,6 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     from stream.frequency import POPULAR_WINDOW
 
     bootstrap = env.get("STREAMBED_BOOTSTRAP", DEFAULT_BOOTSTRAP)
-    ps_token = env.get("STREAMBED_PS_TOKEN", "")  # a secret: from the environment, never argv
     api_token = env.get("STREAMBED_API_TOKEN", "")  # turns POST /events on
     parser = argparse.ArgumentParser(prog="streambed", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING")
@@ -714,7 +639,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
                        help="dot only: serve items at |v|**p (0: no norm effect)")  # fmt: skip
 
     def table_args(p: argparse.ArgumentParser) -> None:
-        """What the embedding tables are: the worker's and every PS shard's must agree."""
+        """What the embedding tables are."""
         p.add_argument("--dim", type=int, default=32)
         p.add_argument("--lr", type=float, default=0.1, help="the rows' optimizer step size")
         p.add_argument("--optimizer", default="rowwise_adagrad",
@@ -790,9 +715,6 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
         default=10.0,
         help="seconds before a dead worker's partitions move (Kafka's minimum: 6)",
     )
-    w.add_argument(
-        "--ps-shards", default="", help="host:port,... of remote PS shards (default: in-process PS)"
-    )
     w.add_argument("--scale-out", action="store_true",
                    help="one of many workers: users and items trained in two stages over "
                         "Kafka transactions, state in changelog topics (docs/scaling.md)")
@@ -823,17 +745,7 @@ def build_parser(env: os._Environ[str] | dict[str, str]) -> argparse.ArgumentPar
     w.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="plain asyncio loop")
     w.add_argument("--host", default="127.0.0.1", help="address of the /metrics endpoint")
     w.add_argument("--metrics-port", type=int, default=0, help="serve /metrics (0: off)")
-    w.set_defaults(func=cmd_worker, ps_token=ps_token)
-
-    s = sub.add_parser("ps-shard", help="serve one parameter-server shard over gRPC")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=50051)
-    table_args(s)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--state-dir", default="", help="RocksDB directory ('' : not durable)")
-    s.add_argument("--checkpoint-seconds", type=float, default=1.0)
-    s.add_argument("--metrics-port", type=int, default=0, help="serve /metrics (0: off)")
-    s.set_defaults(func=cmd_ps_shard, ps_token=ps_token)
+    w.set_defaults(func=cmd_worker)
 
     a = sub.add_parser("api", help="run a retrieval API replica")
     kafka_args(a)

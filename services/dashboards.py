@@ -119,11 +119,9 @@ BOARDS: dict[str, tuple[str, list[Panel]]] = {
               (Q(rate(f"{PS}_rows_requested_total", "job, op"), "{{job}} {{op}}"),), "ops"),
         Panel("Call latency p99 by op",
               (Q(quantile(0.99, f"{PS}_request_seconds", "job, op"), "{{job}} {{op}}"),), "s",
-              description="job=ps: inside the shard; job=worker: the worker's whole call"),
+              description="The single worker's calls into its in-process parameter server"),
         Panel("Refused calls / s",
               (Q(or_zero(rate(f"{PS}_errors_total", "reason")), "{{reason}}"),), "ops"),
-        Panel("Checkpoint duration", quantiles(f"{PS}_checkpoint_seconds"), "s"),
-        Panel("Rows checkpointed / s", (Q(rate(f"{PS}_checkpoint_rows_total"), "rows"),), "ops"),
     ]),
     "serving": ("streambed: serving", [
         Panel("Requests / s by endpoint",

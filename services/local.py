@@ -33,8 +33,6 @@ class PipelineConfig:
     partitions: int = 4
     app_id: str = "streambed-worker"
     worker_args: tuple[str, ...] = ()
-    ps_shards: int = 0  # > 0: the worker trains through this many PS shard processes
-    ps_args: tuple[str, ...] = ()  # for the shards: the same --dim/--lr as the worker's
     api_args: tuple[str, ...] = ()
     lib_dir: Path = DEFAULT_LIB_DIR
     env: Mapping[str, str] = field(default_factory=dict)  # added to every process's environment
@@ -52,9 +50,8 @@ class LocalPipeline:
     bootstrap: str = ""
     api_url: str = ""
     worker_metrics_url: str = ""
-    # Prometheus scrape targets (host:port, path /metrics) by job: worker, ps, api
+    # Prometheus scrape targets (host:port, path /metrics) by job: worker, api
     metrics_targets: dict[str, list[str]] = field(default_factory=dict)
-    shard_addresses: list[str] = field(default_factory=list)
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __enter__(self) -> LocalPipeline:
@@ -81,26 +78,12 @@ class LocalPipeline:
         else:
             self.bootstrap = cfg.bootstrap
         ensure_topics(self.bootstrap, cfg.topics)
-        self.start_shards()
         self.start_worker()
         self.start_api()
 
     def _common(self) -> list[str]:
         return ["--bootstrap", self.bootstrap, "--topic-prefix", self.config.topic_prefix,
                 "--partitions", str(self.config.partitions)]  # fmt: skip
-
-    def start_shards(self) -> None:
-        """The parameter-server shard processes (none by default: the worker's own PS)."""
-        for n in range(self.config.ps_shards):
-            port, metrics = free_port(), free_port()
-            self._spawn(f"ps-{n}", ["ps-shard", "--port", str(port), "--metrics-port",
-                                    str(metrics), "--state-dir",
-                                    str(self.config.state_dir / f"ps-{n}"),
-                                    *self.config.ps_args])  # fmt: skip
-            self.shard_addresses.append(f"127.0.0.1:{port}")
-            self.metrics_targets.setdefault("ps", []).append(f"127.0.0.1:{metrics}")
-        for target in self.metrics_targets.get("ps", []):  # up once its /metrics answers
-            self._wait_for(f"http://{target}/metrics", "PS shard")
 
     def _wait_for(self, url: str, what: str) -> None:
         deadline = time.monotonic() + self.config.start_timeout
@@ -117,13 +100,11 @@ class LocalPipeline:
         port = free_port()
         self.worker_metrics_url = f"http://127.0.0.1:{port}/metrics"
         self.metrics_targets["worker"] = [f"127.0.0.1:{port}"]
-        shards = ",".join(self.shard_addresses)
-        remote = ("--ps-shards", shards) if shards else ()
         self._spawn(
             "worker",
             ["worker", *self._common(), "--app-id", self.config.app_id,
              "--metrics-port", str(port), "--state-dir", str(self.config.state_dir / "worker"),
-             *remote, *self.config.worker_args],
+             *self.config.worker_args],
         )  # fmt: skip
         # its /metrics comes up once the worker has loaded (encoder, bootstrap, checkpoint)
         self._wait_for(self.worker_metrics_url, "worker")
@@ -203,7 +184,7 @@ class LocalPipeline:
             proc.wait(5)
 
     def stop(self) -> None:
-        for name in ("api", "worker", *(f"ps-{n}" for n in range(self.config.ps_shards))):
+        for name in ("api", "worker"):
             self.stop_process(name)
         if self.broker is not None:
             self.broker.stop()

@@ -51,8 +51,8 @@ def _local_ps(core: WorkerCore) -> ParameterServer:
     ps = getattr(core.trainer.ps, "inner", core.trainer.ps)  # under a metering wrapper
     if not isinstance(ps, ParameterServer):
         raise CheckpointError(
-            "exactly-once checkpoints need the in-process parameter server; remote shards "
-            "checkpoint themselves (see docs/architecture.md)"
+            "the worker's checkpoints need its in-process parameter server (more workers: "
+            "--scale-out, docs/scaling.md)"
         )
     return ps
 

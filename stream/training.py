@@ -231,8 +231,8 @@ class OnlineTrainer:
             try:
                 taste_dim = ps.dim(TASTE)
             except KeyError:
-                raise ValueError("taste_weight > 0 needs a 'taste' table: start the PS shards "
-                                 "with the worker's --taste-weight") from None  # fmt: skip
+                raise ValueError("taste_weight > 0 needs a taste table in the parameter "
+                                 "server (TrainConfig.tables() has one)") from None  # fmt: skip
             if taste_dim != towers.dim:
                 raise ValueError("table and tower dimensions differ")
         self.ps = ps

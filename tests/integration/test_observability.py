@@ -1,5 +1,5 @@
 """Metrics and dashboards against a real Prometheus (Debian's package) scraping a running
-pipeline: a broker, two PS shards, a worker and an API replica, with events flowing.
+pipeline: a broker, a worker and an API replica, with events flowing.
 
 Every PromQL query of the Grafana dashboards in ``docker/grafana/dashboards`` must be
 accepted by Prometheus and answer with at least one finite number, and every
@@ -56,9 +56,7 @@ def observed(
     state = tmp_path_factory.mktemp(f"observed-{tag}")
     config = PipelineConfig(
         state, bootstrap=kafka_bootstrap, topic_prefix=f"o{tag}-", app_id=f"worker-{tag}",
-        partitions=2, ps_shards=2, api_args=("--save-seconds", "2"),
-        worker_args=("--batch-ms", "250"),  # as in docker/compose.yml: fewer PS round trips
-        env={"STREAMBED_API_TOKEN": TOKEN},
+        partitions=2, api_args=("--save-seconds", "2"), env={"STREAMBED_API_TOKEN": TOKEN},
     )  # fmt: skip
     with LocalPipeline(config) as pipe:
         prom = LocalPrometheus(state / "prometheus", pipe.metrics_targets, interval=1.0,
@@ -126,8 +124,8 @@ def _boards() -> list[tuple[str, dict[str, Any]]]:
 def test_every_target_is_scraped(observed: tuple[LocalPipeline, LocalPrometheus]) -> None:
     _, prom = observed
     health = prom.targets_up()
-    assert sorted({name.split("/")[0] for name in health}) == ["api", "ps", "worker"]
-    assert len(health) == 4 and set(health.values()) == {"up"}, health
+    assert sorted({name.split("/")[0] for name in health}) == ["api", "worker"]
+    assert len(health) == 2 and set(health.values()) == {"up"}, health
 
 
 def test_every_dashboard_query_answers_with_numbers(
@@ -168,7 +166,7 @@ def test_the_panels_show_what_happened(observed: tuple[LocalPipeline, LocalProme
     rows = by("sum by (table) (streambed_ps_rows)", "table")
     assert rows["items"] > 0 and rows["users"] > 0
     served = by("sum by (job) (rate(streambed_ps_request_seconds_count[30s]))", "job")
-    assert served["ps"] > 0 and served["worker"] > 0  # both sides of the gRPC calls
+    assert served["worker"] > 0  # the worker's calls into its parameter server
     accepted = prom.query("sum(streambed_api_gateway_events_accepted_total)")
     assert float(accepted[0]["value"][1]) > 10
     rejected = by("sum by (reason) (streambed_api_gateway_events_rejected_total)", "reason")
@@ -190,9 +188,8 @@ def test_the_alerts_evaluate_on_the_real_series_and_agree_with_them(
 ) -> None:
     """docker/alerts.yml against a running pipeline: every rule evaluates without error;
     the five about failures stay inactive; the freshness rule is pending exactly when the
-    p99 over its own window is above 1 s (with remote PS shards on this 2-core machine it
-    is: see docs/operations.md). That each rule fires on bad series is tested with promtool
-    (tests/alerts_test.yml)."""
+    p99 over its own window is above 1 s. That each rule fires on bad series is tested with
+    promtool (tests/alerts_test.yml)."""
     _, prom = observed
     rules = {r["name"]: r for r in prom.rules()}
     assert len(rules) == 6
