@@ -32,6 +32,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from services.datagen import GeneratorConfig, InteractionGenerator, ItemInfo
+from services.kafka.topics import committed_lag
 from services.local import LocalPipeline, PipelineConfig
 from services.producer import EventProducer
 from services.replay import Pace, replay, schedule
@@ -66,18 +67,6 @@ def raw_consume_rate(bootstrap: str, payloads: list[tuple[bytes, bytes]], partit
     elapsed = time.perf_counter() - started
     consumer.close()
     return seen / elapsed
-
-
-def committed_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    """Records on ``topic`` past ``group``'s committed offsets (from the broker)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             enable_auto_commit=False)  # fmt: skip
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = consumer.end_offsets(tps)
-        return sum(max(0, ends[tp] - (consumer.committed(tp) or 0)) for tp in tps)
-    finally:
-        consumer.close()
 
 
 def items_behind(pipe: LocalPipeline) -> bool:

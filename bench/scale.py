@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.e2e import committed_lag, events, raw_consume_rate
+from bench.e2e import events, raw_consume_rate
 from services.kafka.broker import BrokerConfig, LocalBroker, free_port
-from services.kafka.topics import ensure_topics
+from services.kafka.topics import committed_lag, ensure_topics
 from services.local import metric_sum
 from services.producer import EventProducer
 from stream.schemas import Interaction

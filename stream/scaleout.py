@@ -313,41 +313,25 @@ class ScaleOutWorker:
         parts = t.partitions
         p = self.producer
         p.begin_transaction()
-        evicted_users: list[str] = []
-        vectors: dict[str, bytes | None] = {}
-        for out, _, _ in work.users:
-            for rec in out.users:
-                vectors[rec.key] = rec.encode()
-            for user in out.evicted_users:
-                vectors[user] = None
-            evicted_users.extend(out.evicted_users)
-            for letter in out.dead_letters:
-                p.send(t.dlq, value=letter.payload)
-        for user, value in vectors.items():
-            p.send(t.user_vectors, key=user.encode(), value=value)
-        sent = {"user": _tally(vectors)}
+        sent: dict[str, tuple[int, int]] = {}
+        for kind, outs, topic, stage, rows in (
+            ("user", work.users, t.user_vectors, users, t.user_rows),
+            ("item", work.items, t.item_vectors, items, t.item_rows),
+        ):
+            vectors, evicted = _latest(outs, kind)
+            for row_id, value in vectors.items():
+                p.send(topic, key=row_id.encode(), value=value)
+            sent[kind] = _tally(vectors)
+            for key, row in stage.changelog(evicted):
+                p.send(rows, key=key, value=row, partition=home(split_key(key)[1], parts))
+            for out, _, _ in outs:
+                for letter in out.dead_letters:
+                    p.send(t.dlq, value=letter.payload)
         by_owner: dict[int, list[Gradient]] = {}
         for g in coalesce(work.gradients):
             by_owner.setdefault(home(g.item, parts), []).append(g)
         for owner, gradients in by_owner.items():
             p.send(t.gradients, value=pack_gradients(gradients), partition=owner)
-        for key, row in users.changelog(evicted_users):
-            p.send(t.user_rows, key=key, value=row, partition=home(split_key(key)[1], parts))
-        evicted_items: list[str] = []
-        vectors = {}
-        for out, _, _ in work.items:
-            for rec in out.items:
-                vectors[rec.key] = rec.encode()
-            for item in out.evicted_items:
-                vectors[item] = None
-            evicted_items.extend(out.evicted_items)
-            for letter in out.dead_letters:
-                p.send(t.dlq, value=letter.payload)
-        for item, value in vectors.items():
-            p.send(t.item_vectors, key=item.encode(), value=value)
-        sent["item"] = _tally(vectors)
-        for key, row in items.changelog(evicted_items):
-            p.send(t.item_rows, key=key, value=row, partition=home(split_key(key)[1], parts))
         offsets = {tp: OffsetAndMetadata(offset, str(index), -1)
                    for tp, (offset, index) in positions.items()}  # fmt: skip
         p.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
@@ -518,6 +502,22 @@ class ScaleOutWorker:
             consumer.seek(tp, offsets[tp.partition])
         # a partition with a commit has one even at 0 events taken: within holds them all
         return offsets, within, set(within)
+
+
+def _latest(
+    outs: list[tuple[BatchOutput, int, float]], kind: str
+) -> tuple[dict[str, bytes | None], list[str]]:
+    """The last vector (None: a tombstone) of each ``kind`` ("user" or "item") key over a
+    commit's outputs, and the keys evicted."""
+    vectors: dict[str, bytes | None] = {}
+    evicted: list[str] = []
+    for out, _, _ in outs:
+        for rec in out.users if kind == "user" else out.items:
+            vectors[rec.key] = rec.encode()
+        gone = out.evicted_users if kind == "user" else out.evicted_items
+        vectors.update(dict.fromkeys(gone))
+        evicted.extend(gone)
+    return vectors, evicted
 
 
 def _tally(vectors: dict[str, bytes | None]) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -180,5 +180,17 @@ def checkpoint_mismatch(bootstrap: str, topic: str, offsets: dict[int, int]) -> 
             )
             return f"the checkpoint is ahead of {topic} ({detail}); was the topic recreated?"
         return None
+    finally:
+        consumer.close()
+
+
+def committed_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Records on ``topic`` past ``group``'s committed offsets (from the broker)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False)  # fmt: skip
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = consumer.end_offsets(tps)
+        return sum(max(0, ends[tp] - (consumer.committed(tp) or 0)) for tp in tps)
     finally:
         consumer.close()

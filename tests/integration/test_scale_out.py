@@ -25,11 +25,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
 from services.datagen import GeneratorConfig, InteractionGenerator
 from services.kafka.broker import free_port
-from services.kafka.topics import ensure_topics
+from services.kafka.topics import committed_lag, ensure_topics
 from services.producer import EventProducer
 from stream.bootstrap import BootstrapConfig, bootstrap
 from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
@@ -95,21 +95,6 @@ def records(n: int, seed: int = 11) -> tuple[list[Interaction], list[bytes]]:
     rng = random.Random(seed)
     poison = [b'{"event_id": "cut', b"[1,2", b'{"user_id": 7}']
     return events, [rng.choice(poison) for _ in range(n // 200)]
-
-
-def committed_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             enable_auto_commit=False)  # fmt: skip
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = consumer.end_offsets(tps)
-        lag = 0
-        for tp in tps:
-            done = consumer.committed(tp) or 0
-            lag += max(0, ends[tp] - done)
-        return lag
-    finally:
-        consumer.close()
 
 
 def read_all(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
