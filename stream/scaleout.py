@@ -205,9 +205,11 @@ class ScaleOutWorker:
                 if max_seconds is not None and self._beat - start > max_seconds:
                     break
                 self._follow_view()
-                self._poll()
+                quiet = not self._poll()
                 self._cut_idle()
-                if time.monotonic() - last >= period:
+                # every commit_ms under load; at once when a poll came back empty, so a lone
+                # event is not held for the timer at each of its two stages
+                if time.monotonic() - last >= period or (quiet and not self._work.empty):
                     self._commit()
                     last = time.monotonic()
             self._commit()
@@ -228,13 +230,14 @@ class ScaleOutWorker:
                 logging.shutdown()
                 os._exit(75)
 
-    def _poll(self) -> None:
+    def _poll(self) -> bool:
+        """Poll once and process what came; whether any record did."""
         batch = self.consumer.poll(timeout_ms=20)
         if self.assignment.changed:
             self._restore()
-            return  # records fetched before the restore are read again from the offsets
+            return True  # records fetched before the restore are read again from the offsets
         if self.users is None or self.items is None or not batch:
-            return
+            return False
         t = self.config.topics
         users: list[RawRecord] = []
         content: list[RawRecord] = []
@@ -261,6 +264,7 @@ class ScaleOutWorker:
                 self._user_step(cut)
         if content or gradients:
             self._item_step(content, gradients)
+        return True
 
     def _cut_idle(self) -> None:
         if self.users is None:
