@@ -93,9 +93,11 @@ class PSMetrics:
         if ps is not None and op in ("admit", "expire"):
             self.mirror(ps)
 
-    def mirror(self, ps: ParameterServer) -> None:
-        """Bring rows/admissions/evictions up to date with the tables' own counters."""
-        for name, table in ps.tables.items():
+    def mirror(self, ps: ParameterServer, tables: Iterable[str] | None = None) -> None:
+        """Bring rows/admissions/evictions up to date with the tables' own counters (of
+        ``tables``, default all)."""
+        for name in ps.tables if tables is None else tables:
+            table = ps.tables[name]
             self.rows.labels(table=name).set(len(table))
             for kind, counter, total in (("a", self.admissions, table.stats.admissions),
                                          ("e", self.evictions, table.stats.evictions)):  # fmt: skip
@@ -103,6 +105,16 @@ class PSMetrics:
                 if total > seen:  # counters only go up: add the gap
                     counter.labels(table=name).inc(total - seen)
                     self._mirrored[(kind, name)] = total
+
+
+    def rebase(self, ps: ParameterServer, tables: Iterable[str] | None = None) -> None:
+        """Take ``ps`` 's counters as already counted (a server rebuilt from a changelog,
+        its counters starting again from zero): later mirrors add what it does next."""
+        for name in ps.tables if tables is None else tables:
+            stats = ps.tables[name].stats
+            self._mirrored[("a", name)] = stats.admissions
+            self._mirrored[("e", name)] = stats.evictions
+        self.mirror(ps, tables)
 
 
 class MeteredPS:

@@ -182,11 +182,15 @@ def _scale_out_worker(args, config, metrics, registry) -> int:  # type: ignore[n
         encode = MiniLM().encode
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.host, registry=registry)
+    from paramserver.metrics import PSMetrics
+
+    tables = [t.name for t in config.train.tables()]
+    ps_metrics = PSMetrics.create(registry).initialise(tables)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        worker = ScaleOutWorker(scale, metrics, encode, boot)
+        worker = ScaleOutWorker(scale, metrics, encode, boot, ps_metrics)
     except ValueError as err:
         raise SystemExit(f"worker: {err}") from None
     print(f"worker: a scale-out member of group {scale.group}", file=sys.stderr)

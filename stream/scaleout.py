@@ -42,6 +42,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
+from paramserver.metrics import MeteredPS, PSMetrics
 from paramserver.ps import ParameterServer
 from stream import faults
 from stream.app import record_metrics
@@ -63,9 +64,10 @@ from stream.split import (
     view_tables,
 )
 from stream.topics import Topics
-from stream.training import ITEMS, TrainConfig
+from stream.training import CONTENT, ITEMS, USERS, TrainConfig
 
 log = logging.getLogger("streambed.scaleout")
+ITEM_TABLES = (ITEMS, CONTENT)  # the item stage's (its users table stays empty)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class ScaleOutWorker:
         metrics: WorkerMetrics,
         encode: Callable[[list[str]], np.ndarray] | None = None,
         boot: Bootstrapped | None = None,
+        ps_metrics: PSMetrics | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -137,6 +140,7 @@ class ScaleOutWorker:
         # a bootstrap: the towers of every stage, and the first rows of partitions that
         # have no state yet (the item view starts from all its item rows)
         self.boot = boot
+        self.ps_metrics = ps_metrics  # the user stage's PS calls, both stages' table counters
         t = config.topics
         common: dict[str, Any] = {
             "bootstrap_servers": config.bootstrap,
@@ -360,6 +364,10 @@ class ScaleOutWorker:
             if out.unadmitted:
                 self.metrics.unadmitted.inc(out.unadmitted)
         self.metrics.rows.labels(table=ITEMS).set(self.items.ps.size(ITEMS))
+        self.metrics.rows.labels(table=USERS).set(self.users.ps.local.size(USERS))
+        if self.ps_metrics is not None:
+            self.ps_metrics.mirror(self.users.ps.local)
+            self.ps_metrics.mirror(self.items.ps, ITEM_TABLES)
         self._lag()
 
     def _lag(self) -> None:
@@ -398,8 +406,10 @@ class ScaleOutWorker:
         self._committed = {}
         cfg, t = self.config, self.config.topics
         parts = sorted(self.assignment.partitions)
+        pm = self.ps_metrics
+        meter = None if pm is None else (lambda api: MeteredPS(api, pm))  # noqa: E731
         users = UserStage(cfg.train, self.view, Batcher(cfg.batch_size, cfg.batch_ms),
-                          cfg.letter_bytes)  # fmt: skip
+                          cfg.letter_bytes, meter)  # fmt: skip
         items = ItemStage(cfg.train, cfg.letter_bytes)
         user_rows, logged = self._read_changelog(t.user_rows, parts)
         users.restore(user_rows)
@@ -413,6 +423,9 @@ class ScaleOutWorker:
             self._seed(users, items, [p for p in parts if p not in logged | logged_items
                                       and p not in started])  # fmt: skip
         self.users, self.items = users, items
+        if pm is not None:
+            pm.rebase(users.ps.local)
+            pm.rebase(items.ps, ITEM_TABLES)
         for stage in ("users", "items"):
             self.metrics.partitions.labels(stage=stage).set(len(parts))
         log.info("partitions %s: %d users and %d items restored", parts, len(users.events),

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from paramserver.config import TableConfig
-from paramserver.ps import ParameterServer, TableDelta
+from paramserver.ps import ParameterServer, ParamServerAPI, TableDelta
 from paramserver.table import TableChanges
 from stream.batching import Batcher
 from stream.bootstrap import Bootstrapped, load_into
@@ -307,9 +307,11 @@ class UserStage:
         view: ParameterServer,
         batcher: Batcher,
         letter_bytes: int = LETTER_PAYLOAD_BYTES,
+        meter: Callable[[ParamServerAPI], ParamServerAPI] | None = None,
     ) -> None:
         self.ps = SplitPS(config, view)
-        self.core = WorkerCore(OnlineTrainer.create(config, self.ps), batcher=batcher,
+        api: ParamServerAPI = self.ps if meter is None else meter(self.ps)  # e.g. MeteredPS
+        self.core = WorkerCore(OnlineTrainer.create(config, api), batcher=batcher,
                                letter_bytes=letter_bytes, defer_items=True)  # fmt: skip
         self.events: Counter[str] = Counter()  # events learnt per user (in the changelog)
 

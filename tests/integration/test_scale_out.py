@@ -30,6 +30,7 @@ from kafka import KafkaConsumer
 from services.datagen import GeneratorConfig, InteractionGenerator
 from services.kafka.broker import free_port
 from services.kafka.topics import committed_lag, ensure_topics
+from services.local import metric_sum
 from services.producer import EventProducer
 from stream.bootstrap import BootstrapConfig, bootstrap
 from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
@@ -57,11 +58,14 @@ class Worker:
         ]  # fmt: skip
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_url = ""
 
     def start(self) -> None:
+        port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{port}/metrics"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*self.args, "--metrics-port", str(free_port())],
+                [*self.args, "--metrics-port", str(port)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.env},
             )  # fmt: skip
@@ -222,6 +226,11 @@ def test_workers_start_from_a_bootstrap_once_per_partition(
                committed_lag(kafka_bootstrap, group, topics.gradients, 4)) != (0, 0):
             assert time.monotonic() < deadline + 60, "the workers did not catch up"
             time.sleep(1.0)
+        # the dashboards' parameter-server series come from the workers' stages too
+        time.sleep(0.5)
+        rows = sum(metric_sum(w.metrics_url, "streambed_ps_rows") for w in workers)
+        calls = sum(metric_sum(w.metrics_url, "streambed_ps_requests_total") for w in workers)
+        assert rows >= len(boot.users) + len(boot.items) and calls > 0, (rows, calls)
     finally:
         producer.close()
         for w in workers:
