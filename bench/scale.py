@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +113,16 @@ def drain(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     history = events(args.seed, args.events)
     state = Path(tempfile.mkdtemp(prefix="streambed-scale-"))
-    broker = LocalBroker(BrokerConfig(state / "kafka", port=free_port(),
-                                      controller_port=free_port()))  # fmt: skip
-    broker.start(timeout=120)
-    bs = broker.config.bootstrap
+    broker = None
+    if args.bootstrap:  # a broker already running (the tests'): topics of this run's own
+        bs = args.bootstrap
+    else:
+        broker = LocalBroker(BrokerConfig(state / "kafka", port=free_port(),
+                                          controller_port=free_port()))  # fmt: skip
+        broker.start(timeout=120)
+        bs = broker.config.bootstrap
     extra = args.worker_args.split()
+    tag = uuid.uuid4().hex[:6]
     try:
         raw = raw_consume_rate(bs, [(e.user_id.encode(), e.to_json()) for e in history],
                                args.partitions)  # fmt: skip
@@ -124,13 +130,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                              args.workers, True)]
         results = {}
         for name, workers, scale_out in runs:
-            topics = Topics.with_prefix(f"{name}-", partitions=args.partitions)
+            topics = Topics.with_prefix(f"{name}-{tag}-", partitions=args.partitions)
             ensure_topics(bs, topics, scale_out=scale_out)
             results[name] = drain(bs, topics, history, workers, scale_out, state, extra)
             print(f"{name:>8}: {results[name]['eps']:>8.0f} ev/s "
                   f"({workers} worker(s), {results[name]['seconds']:.1f} s)", flush=True)
     finally:
-        broker.stop()
+        if broker is not None:
+            broker.stop()
     many = results[f"scale{args.workers}"]
     return {
         "events": len(history), "partitions": args.partitions, "cpus": os.cpu_count(),
@@ -148,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap", default="",
+                        help="use this broker (default: start one for the run)")  # fmt: skip
     parser.add_argument("--worker-args", default="--content-encoder none",
                         help="flags for every worker")  # fmt: skip
     parser.add_argument("--out", default="bench/results/scale.json")
