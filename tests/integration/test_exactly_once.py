@@ -14,10 +14,7 @@ take part, and the stream carries malformed records and duplicated event ids.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -30,7 +27,6 @@ from kafka import KafkaConsumer, TopicPartition
 from paramserver.checkpoint import FILTER, decode_table
 from paramserver.stores.rocks import RocksStore
 from services.datagen import GeneratorConfig, InteractionGenerator
-from services.kafka.broker import free_port
 from services.kafka.topics import ensure_topics
 from services.local import metric_sum
 from services.producer import EventProducer
@@ -39,6 +35,7 @@ from stream.core import WorkerCore
 from stream.schemas import Interaction
 from stream.topics import Topics
 from stream.training import OnlineTrainer, TrainConfig
+from tests.integration.processes import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -65,28 +62,14 @@ def stream_records(n: int) -> list[bytes]:
     return out
 
 
-class Worker:
+class Worker(WorkerProcess):
     def __init__(self, bootstrap: str, prefix: str, app_id: str, state: Path, log: Path) -> None:
-        self.args = [
+        super().__init__([
             sys.executable, "-m", "services.cli", "--log-level", "WARNING", "worker",
             "--bootstrap", bootstrap, "--topic-prefix", prefix, "--app-id", app_id,
             "--state-dir", str(state), *WORKER_ARGS,
-        ]  # fmt: skip
+        ], log)  # fmt: skip
         self.db = state / app_id
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.metrics_url = ""
-        self.env: dict[str, str] = {}
-
-    def start(self) -> None:
-        port = free_port()
-        self.metrics_url = f"http://127.0.0.1:{port}/metrics"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*self.args, "--metrics-port", str(port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
-            )  # fmt: skip
 
     def processed(self) -> float:
         try:
@@ -98,20 +81,6 @@ class Worker:
             )  # fmt: skip
         except OSError:
             return 0.0
-
-    def kill9(self) -> None:
-        assert self.proc is not None and self.proc.poll() is None, f"worker died; see {self.log}"
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
 
     def checkpointed(self) -> int:
         """The interactions offset the durable state reflects (-1: no checkpoint yet)."""

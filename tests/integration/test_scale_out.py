@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -28,7 +26,6 @@ import pytest
 from kafka import KafkaConsumer
 
 from services.datagen import GeneratorConfig, InteractionGenerator
-from services.kafka.broker import free_port
 from services.kafka.topics import committed_lag, ensure_topics
 from services.local import metric_sum
 from services.producer import EventProducer
@@ -37,6 +34,7 @@ from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
 from stream.split import Rows, split_key
 from stream.topics import Topics
 from stream.training import ITEMS, USERS
+from tests.integration.processes import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -48,47 +46,13 @@ WORKER_ARGS = [
 ]  # fmt: skip
 
 
-class Worker:
+class Worker(WorkerProcess):
     def __init__(self, bootstrap: str, prefix: str, app_id: str, log: Path) -> None:
-        self.env: dict[str, str] = {}  # for the next start only
-        self.args = [
+        super().__init__([
             sys.executable, "-m", "services.cli", "--log-level", LOG_LEVEL, "worker",
             "--scale-out", "--bootstrap", bootstrap, "--topic-prefix", prefix,
             "--app-id", app_id, *WORKER_ARGS,
-        ]  # fmt: skip
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.metrics_url = ""
-
-    def start(self) -> None:
-        port = free_port()
-        self.metrics_url = f"http://127.0.0.1:{port}/metrics"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*self.args, "--metrics-port", str(port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
-            )  # fmt: skip
-        self.env = {}
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> None:
-        assert self.alive(), f"worker died; see {self.log}: {self.log.read_text()[-2000:]}"
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        ], log)  # fmt: skip
 
 
 def records(n: int, seed: int = 11) -> tuple[list[Interaction], list[bytes]]:
@@ -155,6 +119,7 @@ def test_two_workers_killed_mid_stream_apply_each_event_once(
                         assert time.monotonic() < deadline, "no transaction began"
                         time.sleep(0.01)
                 w.kill9()
+                w.env = {}  # restarted without the fault hook
                 w.start()
         producer.flush()
         deadline = time.monotonic() + 180
