@@ -562,32 +562,14 @@ def process_safely(core: WorkerCore, records: list[RawRecord], settler: Settler)
 
 def record_published(metrics: WorkerMetrics, out: BatchOutput) -> None:
     """Count what one publication sent (after the outbox merged its batches)."""
-    metrics.vectors_published.labels(kind="item").inc(len(out.items))
-    metrics.vectors_published.labels(kind="user").inc(len(out.users))
-    metrics.evictions_published.labels(kind="item").inc(len(out.evicted_items))
-    metrics.evictions_published.labels(kind="user").inc(len(out.evicted_users))
+    for kind, vectors, evicted in (("item", out.items, out.evicted_items),
+                                   ("user", out.users, out.evicted_users)):  # fmt: skip
+        metrics.published(kind, len(vectors), len(evicted))
 
 
 def record_metrics(
     metrics: WorkerMetrics, core: WorkerCore, out: BatchOutput, n: int, seconds: float
 ) -> None:
-    metrics.batch_seconds.observe(seconds)
-    metrics.batch_events.observe(n)
-    for kind, count in out.by_type.items():
-        metrics.events.labels(type=kind).inc(count)
-    for letter in out.dead_letters:
-        metrics.dead_letters.labels(reason=letter.reason).inc()
-    if out.failed_steps:
-        metrics.failed_steps.inc(out.failed_steps)
-    if out.duplicates:
-        metrics.duplicates.inc(out.duplicates)
-    if out.loss is not None:
-        metrics.loss.set(out.loss)
-    if out.oldest_event_ms is not None:
-        metrics.event_age_seconds.observe(max(0.0, time.time() - out.oldest_event_ms / 1000))
-    if out.aged:
-        metrics.velocity_republished.inc(out.aged)
-    if out.unadmitted:
-        metrics.unadmitted.inc(out.unadmitted)
+    metrics.record(out, n, seconds)
     metrics.rows.labels(table=USERS).set(core.trainer.ps.size(USERS))
     metrics.rows.labels(table=ITEMS).set(core.trainer.ps.size(ITEMS))

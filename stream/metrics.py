@@ -12,10 +12,15 @@ Examples
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from stream.core import BatchOutput
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -108,6 +113,33 @@ class WorkerMetrics:
                              "Input partitions a scale-out stage owns (users: interactions; "
                              "items: gradients and items)", ["stage"], registry=r),
         )  # fmt: skip
+
+    def record(self, out: BatchOutput, n: int, seconds: float) -> None:
+        """Count one micro-batch of ``n`` records: its events by type, dead letters, failed
+        steps, duplicates, loss and the age of its oldest event."""
+        self.batch_seconds.observe(seconds)
+        self.batch_events.observe(n)
+        for kind, count in out.by_type.items():
+            self.events.labels(type=kind).inc(count)
+        for letter in out.dead_letters:
+            self.dead_letters.labels(reason=letter.reason).inc()
+        if out.failed_steps:
+            self.failed_steps.inc(out.failed_steps)
+        if out.duplicates:
+            self.duplicates.inc(out.duplicates)
+        if out.loss is not None:
+            self.loss.set(out.loss)
+        if out.oldest_event_ms is not None:
+            self.event_age_seconds.observe(max(0.0, time.time() - out.oldest_event_ms / 1000))
+        if out.aged:
+            self.velocity_republished.inc(out.aged)
+        if out.unadmitted:
+            self.unadmitted.inc(out.unadmitted)
+
+    def published(self, kind: str, vectors: int, tombstones: int) -> None:
+        """Count vectors and tombstones of ``kind`` ("item" or "user") written."""
+        self.vectors_published.labels(kind=kind).inc(vectors)
+        self.evictions_published.labels(kind=kind).inc(tombstones)
 
     def initialise(self, event_types: Iterable[str]) -> WorkerMetrics:
         """Create the known label values at zero, so a rate over them is 0, not absent."""

@@ -45,7 +45,6 @@ from kafka.structs import OffsetAndMetadata
 from paramserver.metrics import MeteredPS, PSMetrics
 from paramserver.ps import ParameterServer
 from stream import faults
-from stream.app import record_metrics
 from stream.batching import BATCH_MS, BATCH_SIZE, Batcher
 from stream.bootstrap import Bootstrapped, load_into
 from stream.core import BatchOutput, RawRecord, expand
@@ -354,10 +353,9 @@ class ScaleOutWorker:
         ``sent``: vectors and tombstones written, by kind (the last of each key)."""
         assert self.users is not None and self.items is not None
         for kind, (vectors, tombstones) in sent.items():
-            self.metrics.vectors_published.labels(kind=kind).inc(vectors)
-            self.metrics.evictions_published.labels(kind=kind).inc(tombstones)
+            self.metrics.published(kind, vectors, tombstones)
         for out, n, seconds in work.users:
-            record_metrics(self.metrics, self.users.core, out, n, seconds)
+            self.metrics.record(out, n, seconds)
         for out, _, _ in work.items:
             for letter in out.dead_letters:
                 self.metrics.dead_letters.labels(reason=letter.reason).inc()
