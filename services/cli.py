@@ -189,8 +189,15 @@ def _scale_out_worker(args, config, metrics, registry) -> int:  # type: ignore[n
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    started = time.monotonic()
+
+    def stalled(seconds: float) -> None:
+        """A loop that stalled: start again from the committed state, as a halted single
+        worker does (or exit 75 with --exit-on-halt)."""
+        os._exit(_after_halt(args, f"its loop stalled {seconds:.0f} s", time.monotonic() - started))
+
     try:
-        worker = ScaleOutWorker(scale, metrics, encode, boot, ps_metrics)
+        worker = ScaleOutWorker(scale, metrics, encode, boot, ps_metrics, on_stall=stalled)
     except ValueError as err:
         raise SystemExit(f"worker: {err}") from None
     print(f"worker: a scale-out member of group {scale.group}", file=sys.stderr)

@@ -21,8 +21,8 @@ offset's metadata).
 
 One consumer and one producer per process, not one per stage: with two consumers a
 kafka-python 3.0.12 ``poll`` with a short timeout twice never returned (waiting on the
-group coordinator); a loop that stalls that long is ended by the watchdog, and the worker
-exits for its supervisor to restart it (which exactly-once makes safe).
+group coordinator); a loop that stalls that long is caught by the :class:`Watchdog`, and
+the worker starts again from its committed state (which exactly-once makes safe).
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ class ScaleOutConfig:
     # how long the broker keeps a dead worker's open transaction before aborting it; the
     # partitions' next owner waits for that before it reads their changelog
     transaction_timeout_s: float = 10.0
-    # a loop iteration that takes longer than this ends the process (exit 75): a client
-    # call that never returns must not hold the partitions
+    # a loop iteration that takes longer than this is a stall (Watchdog): the worker
+    # restarts (or exits 75 with --exit-on-halt); a client call that never returns must not
+    # hold the partitions
     stall_s: float = 60.0
     letter_bytes: int = LETTER_PAYLOAD_BYTES
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -107,6 +108,53 @@ class ScaleOutConfig:
 def home(key: str, partitions: int) -> int:
     """The partition kafka-python's default partitioner gives a record keyed ``key``."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+class Watchdog:
+    """Calls ``on_stall(seconds)`` (once) when no :meth:`beat` has come for ``stall_s``: a
+    loop blocked in a client call that never returns must not hold its partitions.
+
+    >>> now = [0.0]
+    >>> fired = []
+    >>> dog = Watchdog(10.0, fired.append, clock=lambda: now[0])
+    >>> now[0] = 9.0; dog.check(), fired
+    (False, [])
+    >>> now[0] = 11.0; dog.check(), fired
+    (True, [11.0])
+    >>> dog.beat(); now[0] = 12.0; dog.check(), fired   # fires once
+    (False, [11.0])
+    """
+
+    def __init__(self, stall_s: float, on_stall: Callable[[float], object],
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.stall_s, self.on_stall, self.clock = stall_s, on_stall, clock
+        self._last = clock()
+        self._fired = False
+
+    def beat(self) -> None:
+        self._last = self.clock()
+
+    def check(self) -> bool:
+        """Whether this look found a stall (and called ``on_stall``)."""
+        stalled = self.clock() - self._last
+        if self._fired or stalled <= self.stall_s:
+            return False
+        self._fired = True
+        self.on_stall(stalled)
+        return True
+
+    def watch(self, done: threading.Event, every_s: float = 1.0) -> None:
+        """Look every ``every_s`` until ``done`` (a thread's target)."""
+        while not done.wait(every_s):
+            self.check()
+
+
+def exit_on_stall(stalled: float) -> None:
+    """The default stall action: log it and end the process (exit 75) for a supervisor."""
+    log.error("the worker's loop made no progress for %.0f s (a Kafka client call that did "
+              "not return): exiting for a restart", stalled)  # fmt: skip
+    logging.shutdown()
+    os._exit(75)
 
 
 class _Assignment(ConsumerRebalanceListener):
@@ -132,6 +180,7 @@ class ScaleOutWorker:
         encode: Callable[[list[str]], np.ndarray] | None = None,
         boot: Bootstrapped | None = None,
         ps_metrics: PSMetrics | None = None,
+        on_stall: Callable[[float], object] = exit_on_stall,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -175,7 +224,7 @@ class ScaleOutWorker:
         self.items: ItemStage | None = None
         self._work = _Pending()
         self._committed: dict[TopicPartition, tuple[int, int]] = {}
-        self._beat = time.monotonic()
+        self.watchdog = Watchdog(config.stall_s, on_stall)
 
     def _check_partitions(self) -> None:
         """Partition p of each input topic, its changelog's partition p and the content of
@@ -197,15 +246,16 @@ class ScaleOutWorker:
         what it did before it returns."""
         start = time.monotonic()
         done = threading.Event()
-        threading.Thread(target=self._watch, args=(done,), name="streambed-watchdog",
+        self.watchdog.beat()
+        threading.Thread(target=self.watchdog.watch, args=(done,), name="streambed-watchdog",
                          daemon=True).start()  # fmt: skip
         self._follow_view(catch_up_s=30.0)
         last = time.monotonic()
         period = self.config.commit_ms / 1000
         try:
             while not should_stop():
-                self._beat = time.monotonic()
-                if max_seconds is not None and self._beat - start > max_seconds:
+                self.watchdog.beat()
+                if max_seconds is not None and time.monotonic() - start > max_seconds:
                     break
                 self._follow_view()
                 quiet = not self._poll()
@@ -221,17 +271,6 @@ class ScaleOutWorker:
             for client in (self.consumer, self.view_in):
                 client.close()
             self.producer.close(timeout=5)
-
-    def _watch(self, done: threading.Event) -> None:
-        """End the process when one loop iteration has taken ``stall_s``: its partitions'
-        work is redone by the next owner (or by this worker, restarted)."""
-        while not done.wait(1.0):
-            stalled = time.monotonic() - self._beat
-            if stalled > self.config.stall_s:
-                log.error("the worker's loop made no progress for %.0f s (a Kafka client call "
-                          "that did not return): exiting for a restart", stalled)  # fmt: skip
-                logging.shutdown()
-                os._exit(75)
 
     def _poll(self) -> bool:
         """Poll once and process what came; whether any record did."""
@@ -441,7 +480,7 @@ class ScaleOutWorker:
             self.view_in.seek_to_beginning(*tps)
         deadline = time.monotonic() + catch_up_s
         while True:
-            self._beat = time.monotonic()
+            self.watchdog.beat()
             batch = self.view_in.poll(timeout_ms=0 if not catch_up_s else 200)
             by_table: dict[str, dict[str, bytes | None]] = {}
             for records in batch.values():
@@ -485,7 +524,7 @@ class ScaleOutWorker:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"could not read {topic} {parts} to its end: an open "
                                        "transaction was not resolved")  # fmt: skip
-                self._beat = time.monotonic()  # reading is progress (the watchdog)
+                self.watchdog.beat()  # reading is progress
                 for records in reader.poll(timeout_ms=200).values():
                     for rec in records:
                         table, row_id = split_key(rec.key)
