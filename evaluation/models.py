@@ -40,7 +40,7 @@ from stream.bootstrap import Bootstrapped, load_into
 from stream.frequency import POPULAR_WINDOW, RecentCounts
 from stream.schemas import Interaction, training_weight
 from stream.similarity import blend_weight, interleave
-from stream.split import Gradient, ItemStage, SplitPS, split_key, upsert_view, view_tables
+from stream.split import Gradient, ItemStage, SplitPS, follow, positives, view_tables
 from stream.training import USERS, OnlineTrainer, TrainConfig
 
 log = logging.getLogger("streambed.evaluation")
@@ -239,11 +239,8 @@ class SplitStreambed(Streambed):
         if not self.online:
             return
         stats = self.user_trainer.apply(batch)
-        positives: dict[str, int] = {}
-        for event in batch:
-            if self.user_trainer.weight(event) > 0:
-                positives[event.item_id] = positives.get(event.item_id, 0) + 1
-        self._in_flight.append(self.split_ps.take_gradients(positives, {}))
+        taken, _ = positives(batch, [0] * len(batch), self.user_trainer.weight)
+        self._in_flight.append(self.split_ps.take_gradients(taken, {}))
         while len(self._in_flight) >= self.lag:
             step = self.items_stage.apply(self._in_flight.pop(0))
             self._stale.update(r.key for r in step.items)
@@ -253,12 +250,7 @@ class SplitStreambed(Streambed):
 
     def _follow(self) -> None:
         """The view takes the owner's changed rows (what tailing ``item-rows`` gives)."""
-        by_table: dict[str, dict[str, bytes | None]] = {}
-        for key, value in self.items_stage.changelog([]):
-            table, row_id = split_key(key)
-            by_table.setdefault(table, {})[row_id] = value
-        for table, entries in by_table.items():
-            upsert_view(self.view, table, entries)
+        follow(self.view, self.items_stage.changelog([]))
 
 
 class GeneratorOracle:

@@ -55,11 +55,12 @@ from stream.split import (
     ItemStage,
     UserStage,
     boot_part,
+    by_table,
     coalesce,
+    follow,
     pack_gradients,
     split_key,
     unpack_gradients,
-    upsert_view,
     view_tables,
 )
 from stream.topics import Topics
@@ -482,13 +483,7 @@ class ScaleOutWorker:
         while True:
             self.watchdog.beat()
             batch = self.view_in.poll(timeout_ms=0 if not catch_up_s else 200)
-            by_table: dict[str, dict[str, bytes | None]] = {}
-            for records in batch.values():
-                for rec in records:
-                    table, row_id = split_key(rec.key)
-                    by_table.setdefault(table, {})[row_id] = rec.value
-            for table, entries in by_table.items():
-                upsert_view(self.view, table, entries)
+            follow(self.view, ((r.key, r.value) for recs in batch.values() for r in recs))
             if not batch and (not catch_up_s or time.monotonic() > deadline
                               or self._at_end(self.view_in)):  # fmt: skip
                 return
@@ -526,10 +521,8 @@ class ScaleOutWorker:
                                        "transaction was not resolved")  # fmt: skip
                 self.watchdog.beat()  # reading is progress
                 for records in reader.poll(timeout_ms=200).values():
-                    for rec in records:
-                        table, row_id = split_key(rec.key)
-                        tables.setdefault(table, {})[row_id] = rec.value
-                        logged.add(rec.partition)
+                    by_table(((r.key, r.value) for r in records), into=tables)
+                    logged.update(r.partition for r in records)
         finally:
             reader.close()
         live = {t: {i: v for i, v in rows.items() if v is not None} for t, rows in tables.items()}

@@ -39,7 +39,7 @@ from paramserver.table import TableChanges
 from stream.batching import Batcher
 from stream.bootstrap import Bootstrapped, load_into
 from stream.core import BatchOutput, RawRecord, WorkerCore
-from stream.schemas import LETTER_PAYLOAD_BYTES
+from stream.schemas import LETTER_PAYLOAD_BYTES, Interaction
 from stream.training import CONTENT, ITEMS, TASTE, USERS, OnlineTrainer, TrainConfig
 from stream.vectors import VectorRecord
 
@@ -128,18 +128,42 @@ def split_key(key: bytes) -> tuple[str, str]:
     return table, row_id
 
 
+def by_table(
+    records: Iterable[tuple[bytes, bytes | None]],
+    into: dict[str, dict[str, bytes | None]] | None = None,
+) -> dict[str, dict[str, bytes | None]]:
+    """Changelog records (key, value) by table, then id, the last value of an id winning
+    (None: a tombstone); added to ``into`` when given."""
+    tables: dict[str, dict[str, bytes | None]] = {} if into is None else into
+    for key, value in records:
+        table, row_id = split_key(key)
+        tables.setdefault(table, {})[row_id] = value
+    return tables
+
+
+def _row_dtype(dim: int, width: int) -> np.dtype:
+    """A changelog value: ``_ROW``'s fields, then the row and its optimizer state."""
+    return np.dtype([("updates", "<u4"), ("last", "<f8"), ("events", "<u8"),
+                     ("row", "<f4", (dim,)), ("state", "<f4", (width,))])  # fmt: skip
+
+
 def row_records(
     delta: TableDelta, events: Mapping[str, int]
 ) -> list[tuple[bytes, bytes]]:
     """A table's changed rows as changelog records: key ``table/id``, value the update count,
     last update, events learnt, then the row and its optimizer state (float32)."""
     c = delta.changes
-    out = []
-    for n, row_id in enumerate(delta.strings):
-        head = _ROW.pack(int(c.updates[n]), float(c.last_update[n]), int(events.get(row_id, 0)))
-        body = c.rows[n].astype("<f4").tobytes() + c.state[n].astype("<f4").tobytes()
-        out.append((row_key(delta.name, row_id), head + body))
-    return out
+    if not len(c):
+        return []
+    fixed = np.empty(len(c), dtype=_row_dtype(c.rows.shape[1], c.state.shape[1]))
+    fixed["updates"], fixed["last"] = c.updates, c.last_update
+    fixed["events"] = [int(events.get(row_id, 0)) for row_id in delta.strings]
+    fixed["row"], fixed["state"] = c.rows, c.state
+    # each record's bytes, as paramserver.checkpoint encodes its rows (a void view keeps
+    # trailing zero bytes)
+    values = fixed.view(np.dtype(("V", fixed.dtype.itemsize))).tolist()
+    return [(row_key(delta.name, row_id), value)
+            for row_id, value in zip(delta.strings, values, strict=True)]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -155,25 +179,26 @@ class Rows:
 
     @classmethod
     def decode(cls, entries: Mapping[str, bytes], dim: int) -> Rows:
-        ids = list(entries)
-        n = len(ids)
-        rows = np.zeros((n, dim), np.float32)
-        states: list[np.ndarray] = []
-        updates = np.zeros(n, np.uint32)
-        last = np.zeros(n, np.float64)
-        events = np.zeros(n, np.int64)
-        for i, value in enumerate(entries.values()):
-            updates[i], last[i], events[i] = _ROW.unpack_from(value)
-            body = np.frombuffer(value, dtype="<f4", offset=_ROW.size)
-            if len(body) < dim:
-                raise ValueError(f"row {ids[i]!r} is shorter than dim {dim}")
-            rows[i] = body[:dim]
-            states.append(body[dim:])
-        width = {len(s) for s in states}
-        if len(width) > 1:
+        ids, values = list(entries), list(entries.values())
+        least = _ROW.size + 4 * dim
+        for row_id, value in zip(ids, values, strict=True):
+            if len(value) < least:
+                raise ValueError(f"row {row_id!r} is shorter than dim {dim}")
+            if (len(value) - _ROW.size) % 4:
+                raise ValueError(f"row {row_id!r} is not whole float32 values after its head")
+        sizes = {len(v) for v in values}
+        if len(sizes) > 1:
             raise ValueError("rows of one table with different optimizer state widths")
-        state = np.stack(states).astype(np.float32) if states else np.zeros((0, 0), np.float32)
-        return cls(ids, rows, state, updates, last, events)
+        if not values:
+            zeros = np.zeros(0)
+            return cls([], np.zeros((0, dim), np.float32), np.zeros((0, 0), np.float32),
+                       zeros.astype(np.uint32), zeros, zeros.astype(np.int64))  # fmt: skip
+        width = (sizes.pop() - least) // 4
+        records = np.frombuffer(b"".join(values), dtype=_row_dtype(dim, width))
+        return cls(ids, records["row"].astype(np.float32).reshape(len(ids), dim),
+                   records["state"].astype(np.float32).reshape(len(ids), width),
+                   records["updates"].astype(np.uint32), records["last"].astype(np.float64),
+                   records["events"].astype(np.int64))  # fmt: skip
 
     def load(self, ps: ParameterServer, table: str) -> None:
         """Into an empty table of ``ps``, optimizer state and counts included."""
@@ -266,6 +291,26 @@ def view_tables(config: TrainConfig) -> list[TableConfig]:
             for t in config.tables() if t.name in (ITEMS, CONTENT)]  # fmt: skip
 
 
+def follow(view: ParameterServer, records: Iterable[tuple[bytes, bytes | None]]) -> None:
+    """Apply changelog records of the item stages to a user stage's view of their rows."""
+    for table, entries in by_table(records).items():
+        upsert_view(view, table, entries)
+
+
+def positives(
+    events: Iterable[Interaction], times: Iterable[int], weight: Callable[[Interaction], float]
+) -> tuple[Counter[str], dict[str, int]]:
+    """Per item, how many of ``events`` took it as their positive (``weight`` > 0), and the
+    earliest of their ``times``."""
+    counts: Counter[str] = Counter()
+    first: dict[str, int] = {}
+    for event, ms in zip(events, times, strict=True):
+        if weight(event) > 0:
+            counts[event.item_id] += 1
+            first[event.item_id] = min(ms, first.get(event.item_id, ms))
+    return counts, first
+
+
 def upsert_view(view: ParameterServer, table: str, entries: Mapping[str, bytes | None]) -> None:
     """Apply changelog records (None: a tombstone) to a view table, last value wins."""
     gone = [i for i, v in entries.items() if v is None]
@@ -317,16 +362,10 @@ class UserStage:
 
     def process(self, batch: Sequence[RawRecord]) -> StepResult:
         out = self.core.process(batch)
-        trainer = self.core.trainer
-        positives: Counter[str] = Counter()
-        first_ms: dict[str, int] = {}
-        for event, ms in zip(out.trained, out.trained_ms, strict=True):
-            self.events[event.user_id] += 1
-            if trainer.weight(event) > 0:
-                positives[event.item_id] += 1
-                first_ms[event.item_id] = min(ms, first_ms.get(event.item_id, ms))
+        self.events.update(e.user_id for e in out.trained)
+        taken, first_ms = positives(out.trained, out.trained_ms, self.core.trainer.weight)
         out.item_marks = {}  # item vectors are the item stage's to publish
-        return StepResult(out, self.ps.take_gradients(positives, first_ms))
+        return StepResult(out, self.ps.take_gradients(taken, first_ms))
 
     def changelog(self, evicted: Iterable[str]) -> list[tuple[bytes, bytes | None]]:
         """Changed user (and taste) rows since the last call; tombstones for ``evicted``."""

@@ -31,7 +31,7 @@ from services.local import metric_sum
 from services.producer import EventProducer
 from stream.bootstrap import BootstrapConfig, bootstrap
 from stream.schemas import DEFAULT_TYPE_WEIGHTS, Interaction, training_weight
-from stream.split import Rows, split_key
+from stream.split import Rows, by_table
 from stream.topics import Topics
 from stream.training import ITEMS, USERS
 from tests.integration.processes import WorkerProcess
@@ -77,12 +77,8 @@ def read_all(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
 
 
 def learnt_counts(rows: dict[bytes, bytes | None], table: str) -> dict[str, int]:
-    entries = {}
-    for key, value in rows.items():
-        t, row_id = split_key(key)
-        if t == table and value is not None:
-            entries[row_id] = value
-    decoded = Rows.decode(entries, DIM)
+    live = {i: v for i, v in by_table(rows.items()).get(table, {}).items() if v is not None}
+    decoded = Rows.decode(live, DIM)
     return dict(zip(decoded.ids, decoded.events.tolist(), strict=True))
 
 

@@ -17,11 +17,11 @@ from stream.split import (
     ItemStage,
     Rows,
     UserStage,
+    by_table,
     coalesce,
+    follow,
     pack_gradients,
-    split_key,
     unpack_gradients,
-    upsert_view,
     view_tables,
 )
 from stream.training import ITEMS, USERS, TrainConfig
@@ -39,14 +39,6 @@ def raw(evs: list[Interaction]) -> list[RawRecord]:
     return [RawRecord(e.to_json(), 1000 + i, offset=i) for i, e in enumerate(evs)]
 
 
-def by_table(log: list[tuple[bytes, bytes | None]]) -> dict[str, dict[str, bytes | None]]:
-    out: dict[str, dict[str, bytes | None]] = {}
-    for key, value in log:
-        table, row_id = split_key(key)
-        out.setdefault(table, {})[row_id] = value
-    return out
-
-
 def run_stages(evs: list[Interaction], step: int = 64) -> tuple[UserStage, ItemStage]:
     view = ParameterServer(view_tables(CONFIG))
     users, items = UserStage(CONFIG, view, Batcher(step, 50)), ItemStage(CONFIG)
@@ -55,8 +47,7 @@ def run_stages(evs: list[Interaction], step: int = 64) -> tuple[UserStage, ItemS
         result = users.process(records[k : k + step])
         wire = unpack_gradients(pack_gradients(result.gradients))
         applied = items.apply(wire)
-        for table, entries in by_table(items.changelog(applied.evicted)).items():
-            upsert_view(view, table, entries)
+        follow(view, items.changelog(applied.evicted))
     return users, items
 
 
